@@ -1,0 +1,103 @@
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{Context, bail};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The task project to build.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+/// The wasm target every Rust task is built for: it emits a component
+/// directly, with no adapter step.
+const RUST_TARGET: &str = "wasm32-wasip2";
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("no such directory: {}", args.dir.display()))?;
+    let wasm = if dir.join("Cargo.toml").is_file() {
+        build_rust(&dir)?
+    } else {
+        bail!(
+            "don't know how to build {}: expected a Rust task crate (Cargo.toml)",
+            dir.display()
+        );
+    };
+    println!("{}", wasm.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    check_rust_target()?;
+    let manifest = dir.join("Cargo.toml");
+    let mut child = Command::new(&cargo)
+        .args(["build", "--release", "--target", RUST_TARGET, "--message-format=json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("could not run cargo; install Rust from https://rustup.rs")?;
+
+    // cargo reports each artifact as a JSON line; take this package's wasm.
+    let mut wasm = None;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo output")?;
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if msg["reason"] != "compiler-artifact" || !same_file(msg["manifest_path"].as_str(), &manifest) {
+                continue;
+            }
+            let is_cdylib = msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+            if !is_cdylib {
+                continue;
+            }
+            if let Some(files) = msg["filenames"].as_array() {
+                wasm = files
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .find(|f| f.ends_with(".wasm"))
+                    .map(PathBuf::from);
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("cargo build failed for {} (see the errors above)", dir.display());
+    }
+    wasm.with_context(|| {
+        format!(
+            "{} built no component: a task crate needs `[lib] crate-type = [\"cdylib\"]` in Cargo.toml",
+            dir.display()
+        )
+    })
+}
+
+/// Fail early, and say how to fix it, when the wasm target is missing.
+fn check_rust_target() -> anyhow::Result<()> {
+    let out = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", RUST_TARGET])
+        .output()
+        .context("could not run rustc; install Rust from https://rustup.rs")?;
+    let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || libdir.is_empty() || !Path::new(&libdir).is_dir() {
+        bail!("the Rust target {RUST_TARGET} is not installed; run: rustup target add {RUST_TARGET}");
+    }
+    Ok(())
+}
+
+fn same_file(reported: Option<&str>, expected: &Path) -> bool {
+    reported
+        .map(|r| Path::new(r).canonicalize().ok().as_deref() == Some(expected))
+        .unwrap_or(false)
+}

@@ -1,0 +1,104 @@
+//! The `celeriac` command line: one module per subcommand.
+
+mod build;
+mod component;
+mod inspect;
+mod keygen;
+mod run;
+mod sign;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes shared by every subcommand.
+pub mod exit {
+    /// The task ran and failed (failure, limit or trap).
+    pub const TASK_FAILED: u8 = 1;
+    /// Bad usage or input, or a component that cannot be loaded.
+    pub const ERROR: u8 = 2;
+    /// Refused: unsigned, tampered, or signed by an untrusted key.
+    pub const UNTRUSTED: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(name = "celeriac", version, about = "Sandboxed WebAssembly task runner", long_about = None)]
+struct Cli {
+    /// More log output (-v info, -vv debug); CELERIAC_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "CELERIAC_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the task project in DIR into a component; prints the .wasm path.
+    Build(build::Args),
+    /// Create an ed25519 key pair: NAME.key (private) and NAME.pub.
+    Keygen(keygen::Args),
+    /// Sign a component: writes COMPONENT.sig.
+    Sign(sign::Args),
+    /// Check a component's signature against a trust directory.
+    Verify(verify::Args),
+    /// Run one task of a component locally, with no broker.
+    Run(run::Args),
+    /// Show what a component is, serves, imports and who signed it.
+    Inspect(inspect::Args),
+}
+
+/// Entry point of the `celeriac` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    let result = match cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Keygen(a) => keygen::run(a),
+        Command::Sign(a) => sign::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("CELERIAC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Errors and causes are printed on one line so scripts can grep them.
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A tokio runtime for subcommands that run guests.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

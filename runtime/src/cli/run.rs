@@ -1,0 +1,121 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::component::{Opened, open};
+use super::{exit, one_line, runtime};
+use crate::sandbox::{Limits, Sandbox, SandboxConfig, TaskCall};
+use crate::units::{parse_duration, parse_size};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The component (.wasm) to run.
+    component: PathBuf,
+    /// Task to run: `module.task` or just `task`.
+    task: String,
+    /// Positional arguments as a JSON array.
+    #[arg(value_name = "ARGS_JSON", default_value = "[]")]
+    args: String,
+    /// Keyword arguments as a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    kwargs: String,
+    /// Hard wall-clock limit.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
+    timeout: Duration,
+    /// Soft limit: after it the task's `should-stop` check returns true.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    soft_timeout: Option<Duration>,
+    /// Fuel budget (about one unit per wasm instruction).
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL)]
+    fuel: u64,
+    /// Memory limit for the task as a whole.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    memory: u64,
+    /// Refuse to run unless a key in this directory signed the component.
+    #[arg(long, value_name = "DIR", env = "CELERIAC_TRUST")]
+    trust: Option<PathBuf>,
+    /// Signature file; defaults to COMPONENT.sig.
+    #[arg(long, value_name = "FILE")]
+    sig: Option<PathBuf>,
+    /// Task id shown to the task and in logs; defaults to a new UUID.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_json(&args.args, "ARGS_JSON", serde_json::Value::is_array, "a JSON array, e.g. '[2, 3]'")?;
+    check_json(&args.kwargs, "--kwargs", serde_json::Value::is_object, "a JSON object, e.g. '{\"b\": 3}'")?;
+    if let Some(soft) = args.soft_timeout
+        && soft >= args.timeout
+    {
+        bail!("--soft-timeout must be shorter than --timeout");
+    }
+
+    let file = match open(&args.component, args.trust.as_deref(), args.sig.as_deref())? {
+        Opened::Ok(f) => f,
+        Opened::Refused(code) => return Ok(code),
+    };
+    let (prefix, name) = match args.task.rsplit_once('.') {
+        Some((m, t)) => (Some(m), t),
+        None => (None, args.task.as_str()),
+    };
+    // A signed component's module name is part of what was signed: asking
+    // it for another module's task is a mistake worth stopping.
+    if let (Some(prefix), Some(v)) = (prefix, &file.verified)
+        && prefix != v.manifest.module
+    {
+        bail!("{} is signed as module `{}`, not `{prefix}`", args.component.display(), v.manifest.module);
+    }
+    let module = prefix.map(str::to_string).unwrap_or(file.module);
+
+    let sandbox = Sandbox::new(SandboxConfig {
+        concurrency: 1,
+        ..SandboxConfig::default()
+    })?;
+    let (component, _) = sandbox
+        .load(&file.bytes)
+        .with_context(|| format!("loading {}", args.component.display()))?;
+    let call = TaskCall {
+        id: args.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        module,
+        name: name.to_string(),
+        args: args.args,
+        kwargs: args.kwargs,
+        retries: 0,
+        max_retries: 0,
+    };
+    let limits = Limits {
+        timeout: args.timeout,
+        soft_timeout: args.soft_timeout,
+        fuel: args.fuel,
+        memory: args.memory,
+    };
+    let report = runtime()?.block_on(sandbox.run(&component, &call, &limits));
+    tracing::info!(
+        elapsed = ?report.elapsed,
+        fuel = report.fuel_consumed,
+        memory_peak = report.memory_peak,
+        "task finished"
+    );
+    match report.result {
+        Ok(json) => {
+            println!("{json}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e.to_string()));
+            Ok(ExitCode::from(exit::TASK_FAILED))
+        }
+    }
+}
+
+fn check_json(text: &str, what: &str, shape: fn(&serde_json::Value) -> bool, expected: &str) -> anyhow::Result<()> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON: expected {expected}"))?;
+    if !shape(&value) {
+        bail!("{what} must be {expected}");
+    }
+    Ok(())
+}
