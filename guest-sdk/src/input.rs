@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::Error;
 use crate::__private::Failure;
+use crate::Error;
 
 /// The decoded arguments of one call, consumed parameter by parameter.
 pub struct Input {
@@ -191,6 +191,8 @@ mod tests {
             message(Input::parse("add", PARAMS, "{}", "")),
             "add: args must be a JSON array, got an object"
         );
-        assert!(message(Input::parse("add", PARAMS, "[1,", "")).starts_with("args is not valid JSON"));
+        assert!(
+            message(Input::parse("add", PARAMS, "[1,", "")).starts_with("args is not valid JSON")
+        );
     }
 }

@@ -6,9 +6,7 @@ use proc_macro2::Span;
 use quote::{format_ident, quote};
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
-use syn::{
-    FnArg, Ident, ItemFn, LitStr, Pat, Path, ReturnType, Token, Type, parse_macro_input,
-};
+use syn::{FnArg, Ident, ItemFn, LitStr, Pat, Path, ReturnType, Token, Type, parse_macro_input};
 
 /// Turn a plain typed function into a task.
 ///
@@ -82,7 +80,10 @@ impl Parse for TaskOptions {
             if key == "name" {
                 name = Some(input.parse()?);
             } else {
-                return Err(syn::Error::new(key.span(), "unknown option; expected `name`"));
+                return Err(syn::Error::new(
+                    key.span(),
+                    "unknown option; expected `name`",
+                ));
             }
             if !input.is_empty() {
                 input.parse::<Token![,]>()?;
@@ -130,7 +131,10 @@ fn expand_task(options: TaskOptions, func: ItemFn) -> syn::Result<proc_macro2::T
     let mut arg_idents = Vec::new();
     for (index, arg) in func.sig.inputs.iter().enumerate() {
         let FnArg::Typed(pat_type) = arg else {
-            return Err(syn::Error::new_spanned(arg, "tasks are free functions, not methods"));
+            return Err(syn::Error::new_spanned(
+                arg,
+                "tasks are free functions, not methods",
+            ));
         };
         let Pat::Ident(pat_ident) = &*pat_type.pat else {
             return Err(syn::Error::new_spanned(
@@ -185,11 +189,7 @@ fn returns_result(output: &ReturnType) -> bool {
     match output {
         ReturnType::Default => false,
         ReturnType::Type(_, ty) => match &**ty {
-            Type::Path(p) => p
-                .path
-                .segments
-                .last()
-                .is_some_and(|s| s.ident == "Result"),
+            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Result"),
             _ => false,
         },
     }

@@ -37,7 +37,13 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
     check_rust_target()?;
     let manifest = dir.join("Cargo.toml");
     let mut child = Command::new(&cargo)
-        .args(["build", "--release", "--target", RUST_TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            RUST_TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .arg("--manifest-path")
         .arg(&manifest)
         .stdout(Stdio::piped())
@@ -53,7 +59,9 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
             let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if msg["reason"] != "compiler-artifact" || !same_file(msg["manifest_path"].as_str(), &manifest) {
+            if msg["reason"] != "compiler-artifact"
+                || !same_file(msg["manifest_path"].as_str(), &manifest)
+            {
                 continue;
             }
             let is_cdylib = msg["target"]["kind"]
@@ -73,7 +81,10 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
     }
     let status = child.wait().context("waiting for cargo")?;
     if !status.success() {
-        bail!("cargo build failed for {} (see the errors above)", dir.display());
+        bail!(
+            "cargo build failed for {} (see the errors above)",
+            dir.display()
+        );
     }
     wasm.with_context(|| {
         format!(
@@ -91,7 +102,9 @@ fn check_rust_target() -> anyhow::Result<()> {
         .context("could not run rustc; install Rust from https://rustup.rs")?;
     let libdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() || libdir.is_empty() || !Path::new(&libdir).is_dir() {
-        bail!("the Rust target {RUST_TARGET} is not installed; run: rustup target add {RUST_TARGET}");
+        bail!(
+            "the Rust target {RUST_TARGET} is not installed; run: rustup target add {RUST_TARGET}"
+        );
     }
     Ok(())
 }

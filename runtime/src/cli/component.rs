@@ -23,7 +23,11 @@ pub(crate) enum Opened {
     Refused(ExitCode),
 }
 
-pub(crate) fn open(path: &Path, trust: Option<&Path>, sig: Option<&Path>) -> anyhow::Result<Opened> {
+pub(crate) fn open(
+    path: &Path,
+    trust: Option<&Path>,
+    sig: Option<&Path>,
+) -> anyhow::Result<Opened> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let stem = path
         .file_stem()
@@ -51,8 +55,13 @@ pub(crate) fn open(path: &Path, trust: Option<&Path>, sig: Option<&Path>) -> any
 }
 
 /// The signature beside a component, read without trusting it (for display).
-pub(crate) fn unverified_signature(path: &Path, sig: Option<&Path>) -> Option<(PathBuf, SignatureFile)> {
-    let sig_path = sig.map(Path::to_path_buf).unwrap_or_else(|| signature_path(path));
+pub(crate) fn unverified_signature(
+    path: &Path,
+    sig: Option<&Path>,
+) -> Option<(PathBuf, SignatureFile)> {
+    let sig_path = sig
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| signature_path(path));
     let text = std::fs::read(&sig_path).ok()?;
     SignatureFile::from_json(&text).ok().map(|s| (sig_path, s))
 }

@@ -40,13 +40,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let tasks = runtime()?.block_on(sandbox.tasks(&c));
             match tasks {
                 Ok(t) => (t, c.imports(&sandbox), c.exports(&sandbox), None),
-                Err(e) => (vec![], c.imports(&sandbox), c.exports(&sandbox), Some(e.to_string())),
+                Err(e) => (
+                    vec![],
+                    c.imports(&sandbox),
+                    c.exports(&sandbox),
+                    Some(e.to_string()),
+                ),
             }
         }
         Err(e) => (vec![], vec![], vec![], Some(e.to_string())),
     };
 
-    let signature = match (&file.verified, unverified_signature(&args.component, args.sig.as_deref())) {
+    let signature = match (
+        &file.verified,
+        unverified_signature(&args.component, args.sig.as_deref()),
+    ) {
         (Some(v), _) => json!({
             "verified": true,
             "signer": v.signer,
@@ -85,7 +93,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         println!("file:      {}", args.component.display());
         println!("digest:    {digest}");
-        println!("size:      {} bytes ({})", file.bytes.len(), format_size(file.bytes.len() as u64));
+        println!(
+            "size:      {} bytes ({})",
+            file.bytes.len(),
+            format_size(file.bytes.len() as u64)
+        );
         println!("module:    {}", file.module);
         println!("tasks:     {}", tasks.join(", "));
         println!("exports:   {}", exports.join(", "));
@@ -107,7 +119,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 s["signer"].as_str().unwrap_or("?"),
                 s["key_id"].as_str().unwrap_or("?"),
                 s["signed_at"].as_str().unwrap_or("?"),
-                if s["matches_bytes"] == false { ", DIGEST DOES NOT MATCH these bytes" } else { "" }
+                if s["matches_bytes"] == false {
+                    ", DIGEST DOES NOT MATCH these bytes"
+                } else {
+                    ""
+                }
             ),
         }
         if let Some(e) = &load_error {

@@ -16,7 +16,13 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (secret, public, id) =
         generate_keypair(&args.out).with_context(|| format!("keygen {}", args.out.display()))?;
-    println!("private key: {} (mode 0600; keep it secret)", secret.display());
-    println!("public key:  {} (key id {id}; copy it into workers' trust directory)", public.display());
+    println!(
+        "private key: {} (mode 0600; keep it secret)",
+        secret.display()
+    );
+    println!(
+        "public key:  {} (key id {id}; copy it into workers' trust directory)",
+        public.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

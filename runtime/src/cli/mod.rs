@@ -85,8 +85,11 @@ fn init_logging(verbose: u8, format: LogFormat) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("CELERIAC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("CELERIAC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -100,5 +103,7 @@ pub(crate) fn one_line(s: &str) -> String {
 
 /// A tokio runtime for subcommands that run guests.
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -45,8 +45,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_json(&args.args, "ARGS_JSON", serde_json::Value::is_array, "a JSON array, e.g. '[2, 3]'")?;
-    check_json(&args.kwargs, "--kwargs", serde_json::Value::is_object, "a JSON object, e.g. '{\"b\": 3}'")?;
+    check_json(
+        &args.args,
+        "ARGS_JSON",
+        serde_json::Value::is_array,
+        "a JSON array, e.g. '[2, 3]'",
+    )?;
+    check_json(
+        &args.kwargs,
+        "--kwargs",
+        serde_json::Value::is_object,
+        "a JSON object, e.g. '{\"b\": 3}'",
+    )?;
     if let Some(soft) = args.soft_timeout
         && soft >= args.timeout
     {
@@ -66,7 +76,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let (Some(prefix), Some(v)) = (prefix, &file.verified)
         && prefix != v.manifest.module
     {
-        bail!("{} is signed as module `{}`, not `{prefix}`", args.component.display(), v.manifest.module);
+        bail!(
+            "{} is signed as module `{}`, not `{prefix}`",
+            args.component.display(),
+            v.manifest.module
+        );
     }
     let module = prefix.map(str::to_string).unwrap_or(file.module);
 
@@ -111,9 +125,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check_json(text: &str, what: &str, shape: fn(&serde_json::Value) -> bool, expected: &str) -> anyhow::Result<()> {
-    let value: serde_json::Value =
-        serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON: expected {expected}"))?;
+fn check_json(
+    text: &str,
+    what: &str,
+    shape: fn(&serde_json::Value) -> bool,
+    expected: &str,
+) -> anyhow::Result<()> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("{what} is not valid JSON: expected {expected}"))?;
     if !shape(&value) {
         bail!("{what} must be {expected}");
     }

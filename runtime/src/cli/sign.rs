@@ -35,7 +35,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sig = sign_component(&bytes, &key, &module)?;
     let manifest = sig.unverified_manifest()?;
     let out = args.out.unwrap_or_else(|| signature_path(&args.component));
-    std::fs::write(&out, sig.to_json() + "\n").with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(&out, sig.to_json() + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
     println!(
         "signed {} as module `{}` ({}) by {} (key id {}): {}",
         args.component.display(),

@@ -5,4 +5,3 @@ wasmtime::component::bindgen!({
     world: "celeriac:task/task",
     exports: { default: async },
 });
-

@@ -24,7 +24,11 @@ impl DiskCache {
     /// safely: the host then compiles every time rather than trusting it.
     pub fn open(root: &Path, engine: &Engine) -> Option<Self> {
         let dir = root.join(engine_key(engine));
-        if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
+        if let Err(e) = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
             tracing::warn!(dir = %dir.display(), error = %e, "compile cache disabled: cannot create directory");
             return None;
         }
@@ -50,13 +54,13 @@ impl DiskCache {
     /// The cached component, if present and loadable by this engine.
     pub fn load(&self, engine: &Engine, digest: &Digest) -> Option<Component> {
         let path = self.path(digest);
-        if !path.exists() {
-            return None;
-        }
+        // Read into memory rather than mmap the file: a mapped file that
+        // someone truncates later takes the whole process down with SIGBUS.
+        let bytes = fs::read(&path).ok()?;
         // SAFETY: the file was written by `store` below into a directory
         // that only this user can write (checked in `open`), and wasmtime
         // checks the artifact was produced by a compatible engine.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component");

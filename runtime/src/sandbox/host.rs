@@ -96,7 +96,9 @@ impl context::Host for HostState {
 
     fn info(&mut self) -> context::TaskInfo {
         let now = Instant::now();
-        let remaining = |t: Instant| u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+        let remaining = |t: Instant| {
+            u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        };
         context::TaskInfo {
             id: self.task.id.clone(),
             module: self.task.module.clone(),

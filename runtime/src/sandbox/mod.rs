@@ -106,13 +106,17 @@ impl LoadedComponent {
     /// Names of everything the component imports (interfaces and functions).
     pub fn imports(&self, sandbox: &Sandbox) -> Vec<String> {
         let ty = self.component.component_type();
-        ty.imports(&sandbox.engine).map(|(name, _)| name.to_string()).collect()
+        ty.imports(&sandbox.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     /// Names of everything the component exports.
     pub fn exports(&self, sandbox: &Sandbox) -> Vec<String> {
         let ty = self.component.component_type();
-        ty.exports(&sandbox.engine).map(|(name, _)| name.to_string()).collect()
+        ty.exports(&sandbox.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 }
 
@@ -139,7 +143,8 @@ impl Sandbox {
             .cache_dir
             .as_deref()
             .and_then(|root| DiskCache::open(root, &engine));
-        let capacity = NonZeroUsize::new(config.loaded_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        let capacity =
+            NonZeroUsize::new(config.loaded_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
             _ticker: EpochTicker::start(engine.clone()),
             engine,
@@ -161,7 +166,11 @@ impl Sandbox {
         if let Some(hit) = self.lock_loaded().get(&digest) {
             return Ok((hit.clone(), Origin::Memory));
         }
-        let (component, origin) = match self.disk.as_ref().and_then(|d| d.load(&self.engine, &digest)) {
+        let (component, origin) = match self
+            .disk
+            .as_ref()
+            .and_then(|d| d.load(&self.engine, &digest))
+        {
             Some(c) => (c, Origin::DiskCache),
             None => {
                 let c = Component::from_binary(&self.engine, bytes)
@@ -176,7 +185,8 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
-        let pre = TaskPre::new(instance_pre).map_err(|e| SandboxError::Contract(format!("{e:#}")))?;
+        let pre =
+            TaskPre::new(instance_pre).map_err(|e| SandboxError::Contract(format!("{e:#}")))?;
         let loaded = Arc::new(LoadedComponent {
             digest,
             component,
@@ -202,7 +212,11 @@ impl Sandbox {
             name: "tasks".into(),
             ..TaskCall::default()
         };
-        match self.execute(component, &call, &limits, Action::ListTasks).await.0 {
+        match self
+            .execute(component, &call, &limits, Action::ListTasks)
+            .await
+            .0
+        {
             Ok(Output::Tasks(names)) => Ok(names),
             Ok(Output::Json(_)) => Err(TaskError::Host("unexpected output from `tasks`".into())),
             Err(e) => Err(e),
@@ -212,7 +226,12 @@ impl Sandbox {
     /// Run one task in a fresh store and report what happened. Never
     /// panics on guest behaviour: every way a guest can fail is a
     /// [`TaskError`].
-    pub async fn run(&self, component: &LoadedComponent, call: &TaskCall, limits: &Limits) -> TaskReport {
+    pub async fn run(
+        &self,
+        component: &LoadedComponent,
+        call: &TaskCall,
+        limits: &Limits,
+    ) -> TaskReport {
         let span = tracing::info_span!("task", task_id = %call.id, task = %format_args!("{}.{}", call.module, call.name));
         let started = Instant::now();
         let (result, stats) = self
@@ -253,7 +272,12 @@ impl Sandbox {
             soft_deadline: limits.soft_timeout.map(|d| now + d),
             hard_deadline,
         };
-        let state = HostState::new(context, limits.memory, self.config.output_cap, self.config.log_cap);
+        let state = HostState::new(
+            context,
+            limits.memory,
+            self.config.output_cap,
+            self.config.log_cap,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel {
@@ -278,7 +302,10 @@ impl Sandbox {
             let run = async move {
                 let task = component.pre.instantiate_async(&mut *store_ref).await?;
                 match action {
-                    Action::ListTasks => task.call_tasks(&mut *store_ref).await.map(|t| Ok(Output::Tasks(t))),
+                    Action::ListTasks => task
+                        .call_tasks(&mut *store_ref)
+                        .await
+                        .map(|t| Ok(Output::Tasks(t))),
                     Action::Call => {
                         let r = task
                             .call_call(&mut *store_ref, &call.name, &call.args, &call.kwargs)
@@ -287,11 +314,18 @@ impl Sandbox {
                     }
                 }
             };
-            tokio::time::timeout_at(tokio::time::Instant::from_std(hard_deadline + EPOCH_TICK), run).await
+            tokio::time::timeout_at(
+                tokio::time::Instant::from_std(hard_deadline + EPOCH_TICK),
+                run,
+            )
+            .await
         };
 
         let fuel_consumed = if self.config.fuel {
-            store.get_fuel().ok().map(|left| limits.fuel.saturating_sub(left))
+            store
+                .get_fuel()
+                .ok()
+                .map(|left| limits.fuel.saturating_sub(left))
         } else {
             None
         };
@@ -299,7 +333,9 @@ impl Sandbox {
         let stderr = state.stderr.take();
         let stdout = state.stdout.take();
         let result = match outcome {
-            Err(_elapsed) => Err(TaskError::TimeLimit { limit: limits.timeout }),
+            Err(_elapsed) => Err(TaskError::TimeLimit {
+                limit: limits.timeout,
+            }),
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(classify(&e, state, limits, &stderr.bytes, fuel_consumed)),
         };
@@ -360,18 +396,24 @@ fn classify(
     fuel_consumed: Option<u64>,
 ) -> TaskError {
     if e.downcast_ref::<HardLimit>().is_some() {
-        return TaskError::TimeLimit { limit: limits.timeout };
+        return TaskError::TimeLimit {
+            limit: limits.timeout,
+        };
     }
     // A refused grow usually surfaces as a guest abort (`unreachable`) or a
     // failed instantiation; either way the memory limit is the cause.
     if state.limiter.denied {
-        return TaskError::MemoryLimit { limit: limits.memory };
+        return TaskError::MemoryLimit {
+            limit: limits.memory,
+        };
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => TaskError::FuelExhausted {
             fuel: fuel_consumed.unwrap_or(limits.fuel),
         },
-        Some(Trap::Interrupt) => TaskError::TimeLimit { limit: limits.timeout },
+        Some(Trap::Interrupt) => TaskError::TimeLimit {
+            limit: limits.timeout,
+        },
         Some(trap) => {
             let what = match trap {
                 Trap::StackOverflow => "stack overflow".to_string(),

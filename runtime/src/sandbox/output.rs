@@ -78,7 +78,11 @@ impl OutputStream for CappedPipe {
 }
 
 impl AsyncWrite for CappedPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -136,7 +140,10 @@ mod tests {
     #[test]
     fn finds_panic_message() {
         let stderr = b"\nthread '<unnamed>' panicked at src/lib.rs:42:5:\nboom\nnote: run with `RUST_BACKTRACE=1`\n";
-        assert_eq!(panic_message(stderr).unwrap(), "panicked at src/lib.rs:42:5: boom");
+        assert_eq!(
+            panic_message(stderr).unwrap(),
+            "panicked at src/lib.rs:42:5: boom"
+        );
         assert_eq!(panic_message(b"nothing here"), None);
     }
 }

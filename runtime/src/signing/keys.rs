@@ -95,14 +95,16 @@ pub fn generate_keypair(prefix: &Path) -> Result<(PathBuf, PathBuf, String), Key
         .mode(0o600)
         .open(&secret_path)
         .map_err(io(&secret_path))?;
-    f.write_all(secret_pem.as_bytes()).map_err(io(&secret_path))?;
+    f.write_all(secret_pem.as_bytes())
+        .map_err(io(&secret_path))?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&public_path)
         .map_err(io(&public_path))?;
-    f.write_all(public_pem.as_bytes()).map_err(io(&public_path))?;
+    f.write_all(public_pem.as_bytes())
+        .map_err(io(&public_path))?;
 
     Ok((secret_path, public_path, key_id(&signing.verifying_key())))
 }

@@ -132,8 +132,9 @@ impl SignatureFile {
         let raw = B64
             .decode(self.signature.trim())
             .map_err(|e| SignatureError::Malformed(format!("signature is not base64: {e}")))?;
-        ed25519_dalek::Signature::from_slice(&raw)
-            .map_err(|_| SignatureError::Malformed(format!("signature must be 64 bytes, got {}", raw.len())))
+        ed25519_dalek::Signature::from_slice(&raw).map_err(|_| {
+            SignatureError::Malformed(format!("signature must be 64 bytes, got {}", raw.len()))
+        })
     }
 
     /// The manifest, decoded without checking the signature: only for

@@ -162,7 +162,10 @@ impl TrustStore {
                 return Err(VerifyError::Unsigned(sig_path));
             }
             Err(e) => {
-                return Err(VerifyError::Malformed(format!("{}: {e}", sig_path.display())));
+                return Err(VerifyError::Malformed(format!(
+                    "{}: {e}",
+                    sig_path.display()
+                )));
             }
         };
         let sig = SignatureFile::from_json(&text)?;
@@ -177,7 +180,10 @@ mod tests {
 
     fn keypair(dir: &Path, name: &str) -> (KeyPair, PublicKey) {
         let (secret, public, _) = generate_keypair(&dir.join(name)).unwrap();
-        (KeyPair::load(&secret).unwrap(), PublicKey::load(&public).unwrap())
+        (
+            KeyPair::load(&secret).unwrap(),
+            PublicKey::load(&public).unwrap(),
+        )
     }
 
     #[test]
@@ -196,19 +202,31 @@ mod tests {
 
         let mut changed = bytes.clone();
         changed[3] ^= 1;
-        assert!(matches!(trust.verify(&changed, &sig), Err(VerifyError::Tampered { .. })));
+        assert!(matches!(
+            trust.verify(&changed, &sig),
+            Err(VerifyError::Tampered { .. })
+        ));
 
         let foreign = sign_component(&bytes, &mallory, "math").unwrap();
-        assert!(matches!(trust.verify(&bytes, &foreign), Err(VerifyError::UnknownKey { .. })));
+        assert!(matches!(
+            trust.verify(&bytes, &foreign),
+            Err(VerifyError::UnknownKey { .. })
+        ));
 
         // A manifest swapped under a valid signature is caught by the signature.
         let mut forged = sig.clone();
         forged.payload = foreign.payload.clone();
-        assert!(matches!(trust.verify(&bytes, &forged), Err(VerifyError::BadSignature { .. })));
+        assert!(matches!(
+            trust.verify(&bytes, &forged),
+            Err(VerifyError::BadSignature { .. })
+        ));
 
         let mut garbled = sig.clone();
         garbled.signature = "not base64!".into();
-        assert!(matches!(trust.verify(&bytes, &garbled), Err(VerifyError::Malformed(_))));
+        assert!(matches!(
+            trust.verify(&bytes, &garbled),
+            Err(VerifyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub fn fib(n: u32) -> Result<u64> {
         )));
     }
     fn go(n: u32) -> u64 {
-        if n < 2 { n as u64 } else { go(n - 1) + go(n - 2) }
+        if n < 2 {
+            n as u64
+        } else {
+            go(n - 1) + go(n - 2)
+        }
     }
     // Naive recursion is exponential; past ~45 use the linear form so a
     // large argument is slow only by choice.

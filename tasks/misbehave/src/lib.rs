@@ -43,7 +43,10 @@ pub fn recurse(depth: Option<u64>) -> u64 {
 /// Panics with the given message.
 #[task]
 pub fn panic(message: Option<String>) -> u64 {
-    panic!("{}", message.unwrap_or_else(|| "misbehave.panic was asked to panic".into()))
+    panic!(
+        "{}",
+        message.unwrap_or_else(|| "misbehave.panic was asked to panic".into())
+    )
 }
 
 /// Asks for a retry until it has been retried `succeed_after` times.
@@ -117,4 +120,6 @@ pub fn escape() -> Value {
     })
 }
 
-celeriac_sdk::export_tasks!(spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape);
+celeriac_sdk::export_tasks!(
+    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape
+);

@@ -1,0 +1,500 @@
+//! The sandbox against real components built from tasks/: results, typed
+//! failures, every limit, isolation and the compile cache.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac::sandbox::{
+    FailureKind, Limits, LoadedComponent, Origin, Sandbox, SandboxConfig, TaskCall, TaskError,
+};
+use serde_json::{Value, json};
+
+struct Fixture {
+    sandbox: Sandbox,
+    _cache: tempfile::TempDir,
+}
+
+fn sandbox() -> Fixture {
+    let cache = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        concurrency: 4,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    Fixture {
+        sandbox,
+        _cache: cache,
+    }
+}
+
+fn load(f: &Fixture, name: &str) -> Arc<LoadedComponent> {
+    f.sandbox.load(&common::read_component(name)).unwrap().0
+}
+
+fn call(module: &str, name: &str, args: Value) -> TaskCall {
+    TaskCall {
+        id: format!("test-{module}-{name}"),
+        module: module.into(),
+        name: name.into(),
+        args: args.to_string(),
+        kwargs: "{}".into(),
+        retries: 0,
+        max_retries: 0,
+    }
+}
+
+async fn run(
+    f: &Fixture,
+    c: &LoadedComponent,
+    module: &str,
+    name: &str,
+    args: Value,
+) -> Result<Value, TaskError> {
+    run_with(f, c, call(module, name, args), Limits::default()).await
+}
+
+async fn run_with(
+    f: &Fixture,
+    c: &LoadedComponent,
+    call: TaskCall,
+    limits: Limits,
+) -> Result<Value, TaskError> {
+    let report = f.sandbox.run(c, &call, &limits).await;
+    report
+        .result
+        .map(|json| serde_json::from_str(&json).expect("task result is JSON"))
+}
+
+fn invalid_input(r: Result<Value, TaskError>) -> String {
+    match r {
+        Err(TaskError::Failed {
+            kind: FailureKind::InvalidInput,
+            message,
+            ..
+        }) => message,
+        other => panic!("expected invalid-input, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn math_tasks() {
+    let f = sandbox();
+    let math = load(&f, "math");
+    assert_eq!(
+        run(&f, &math, "math", "add", json!([2, 3])).await.unwrap(),
+        json!(5)
+    );
+    assert_eq!(
+        run(&f, &math, "math", "mul", json!([-4, 6])).await.unwrap(),
+        json!(-24)
+    );
+    assert_eq!(
+        run(&f, &math, "math", "div", json!([7, 2])).await.unwrap(),
+        json!(3.5)
+    );
+    assert_eq!(
+        run(&f, &math, "math", "sum", json!([[1, 2.5, 3]]))
+            .await
+            .unwrap(),
+        json!(6.5)
+    );
+    assert_eq!(
+        run(&f, &math, "math", "fib", json!([20])).await.unwrap(),
+        json!(6765)
+    );
+    assert_eq!(
+        run(&f, &math, "math", "fib", json!([90])).await.unwrap(),
+        json!(2880067194370816120u64)
+    );
+
+    // kwargs bind by name, like Celery's.
+    let mut by_name = call("math", "add", json!([2]));
+    by_name.kwargs = json!({"b": 40}).to_string();
+    assert_eq!(
+        run_with(&f, &math, by_name, Limits::default())
+            .await
+            .unwrap(),
+        json!(42)
+    );
+
+    let msg = invalid_input(run(&f, &math, "math", "add", json!([2])).await);
+    assert_eq!(msg, "add() missing required argument `b`");
+    let msg = invalid_input(run(&f, &math, "math", "add", json!([2, "three"])).await);
+    assert!(
+        msg.starts_with("argument `b`: invalid type: string \"three\""),
+        "{msg}"
+    );
+    let msg = invalid_input(run(&f, &math, "math", "add", json!([1, 2, 3])).await);
+    assert_eq!(msg, "add() takes 2 positional arguments but 3 were given");
+    let msg = invalid_input(run(&f, &math, "math", "add", json!([i64::MAX, 1])).await);
+    assert!(msg.contains("overflows"), "{msg}");
+    let msg = invalid_input(run(&f, &math, "math", "div", json!([1, 0])).await);
+    assert_eq!(msg, "division by zero");
+    let msg = invalid_input(run(&f, &math, "math", "fib", json!([94])).await);
+    assert!(msg.contains("at most 93"), "{msg}");
+    let msg = invalid_input(run(&f, &math, "math", "nope", json!([])).await);
+    assert!(
+        msg.starts_with("unknown task `nope`; this module serves: add, mul, div, sum, fib"),
+        "{msg}"
+    );
+
+    let tasks = f.sandbox.tasks(&math).await.unwrap();
+    assert_eq!(tasks, ["add", "mul", "div", "sum", "fib"]);
+}
+
+#[tokio::test]
+async fn text_tasks() {
+    let f = sandbox();
+    let text = load(&f, "text");
+    assert_eq!(
+        run(&f, &text, "text", "sha256", json!(["hello"]))
+            .await
+            .unwrap(),
+        json!("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+    );
+    assert_eq!(
+        run(
+            &f,
+            &text,
+            "text",
+            "word_count",
+            json!(["the quick  brown\nfox"])
+        )
+        .await
+        .unwrap(),
+        json!(4)
+    );
+    assert_eq!(
+        run(&f, &text, "text", "upper", json!(["straße"]))
+            .await
+            .unwrap(),
+        json!("STRASSE")
+    );
+    assert_eq!(
+        run(&f, &text, "text", "reverse", json!(["añb😀"]))
+            .await
+            .unwrap(),
+        json!("😀bña")
+    );
+    assert_eq!(
+        run(&f, &text, "text", "stats", json!(["héllo wörld\nbye"]))
+            .await
+            .unwrap(),
+        json!({"bytes": 17, "chars": 15, "words": 3, "lines": 2})
+    );
+    let msg = invalid_input(run(&f, &text, "text", "sha256", json!([42])).await);
+    assert!(
+        msg.starts_with("argument `text`: invalid type: integer `42`, expected a string"),
+        "{msg}"
+    );
+    let msg = invalid_input(run(&f, &text, "text", "word_count", json!([])).await);
+    assert_eq!(msg, "word_count() missing required argument `text`");
+}
+
+#[tokio::test]
+async fn misbehave_failures_are_typed() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+
+    match run(&f, &m, "misbehave", "fatal", json!(["bad data"])).await {
+        Err(TaskError::Failed {
+            kind: FailureKind::Fatal,
+            message,
+            ..
+        }) => assert_eq!(message, "bad data"),
+        other => panic!("expected fatal, got {other:?}"),
+    }
+
+    // flaky asks for a retry until it has been retried `n` times.
+    let mut attempt = call("misbehave", "flaky", json!([2]));
+    for retries in 0..2 {
+        attempt.retries = retries;
+        match run_with(&f, &m, attempt.clone(), Limits::default()).await {
+            Err(
+                e @ TaskError::Failed {
+                    kind: FailureKind::Retry,
+                    ..
+                },
+            ) => assert!(e.is_retryable()),
+            other => panic!("expected retry on attempt {retries}, got {other:?}"),
+        }
+    }
+    attempt.retries = 2;
+    assert_eq!(
+        run_with(&f, &m, attempt, Limits::default()).await.unwrap(),
+        json!({"retries": 2})
+    );
+
+    match run(&f, &m, "misbehave", "panic", json!(["kaboom"])).await {
+        Err(TaskError::Trap(msg)) => {
+            assert!(
+                msg.starts_with("panicked at tasks/misbehave/src/lib.rs"),
+                "{msg}"
+            );
+            assert!(msg.ends_with(": kaboom"), "{msg}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+/// Each limit stops its misbehaving task with the right cause, promptly,
+/// all in one process, and an ordinary task still succeeds afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_stop_misbehaving_tasks_and_the_host_carries_on() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+    let math = load(&f, "math");
+    let quick = Duration::from_secs(10);
+
+    // Endless loop, wall clock.
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let r = run_with(&f, &m, call("misbehave", "spin", json!([])), limits.clone()).await;
+    assert_eq!(
+        r.unwrap_err(),
+        TaskError::TimeLimit {
+            limit: limits.timeout
+        }
+    );
+    assert!(t.elapsed() < quick);
+
+    // Endless loop, fuel.
+    let limits = Limits {
+        fuel: 50_000_000,
+        ..Limits::default()
+    };
+    let r = run_with(&f, &m, call("misbehave", "spin", json!([])), limits).await;
+    assert!(matches!(r, Err(TaskError::FuelExhausted { .. })), "{r:?}");
+
+    // Allocating without end: the limit applies to the task as a whole.
+    let limits = Limits {
+        memory: 48 << 20,
+        ..Limits::default()
+    };
+    let report = f
+        .sandbox
+        .run(&m, &call("misbehave", "hog", json!([4])), &limits)
+        .await;
+    assert_eq!(
+        report.result.unwrap_err(),
+        TaskError::MemoryLimit { limit: 48 << 20 }
+    );
+    assert!(
+        report.memory_peak <= 48 << 20,
+        "peak {} over the limit",
+        report.memory_peak
+    );
+    assert!(
+        report.memory_peak > 32 << 20,
+        "peak {} suspiciously low",
+        report.memory_peak
+    );
+
+    // Unbounded recursion.
+    let r = run(&f, &m, "misbehave", "recurse", json!([])).await;
+    assert_eq!(r.unwrap_err(), TaskError::Trap("stack overflow".into()));
+
+    // Blocked in a host call (WASI sleep), where epochs cannot reach.
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let t = Instant::now();
+    let r = run_with(
+        &f,
+        &m,
+        call("misbehave", "sleep", json!([60_000])),
+        limits.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.unwrap_err(),
+        TaskError::TimeLimit {
+            limit: limits.timeout
+        }
+    );
+    assert!(t.elapsed() < quick);
+
+    // The soft limit lets a cooperative task stop cleanly before the hard one.
+    let limits = Limits {
+        timeout: Duration::from_secs(5),
+        soft_timeout: Some(Duration::from_millis(200)),
+        ..Limits::default()
+    };
+    let report = f
+        .sandbox
+        .run(&m, &call("misbehave", "patient", json!([30])), &limits)
+        .await;
+    let out: Value = serde_json::from_str(&report.result.unwrap()).unwrap();
+    assert_eq!(out["stopped"], json!(true));
+    assert!(out["steps"].as_u64().unwrap() >= 5, "{out}");
+    assert!(
+        report.elapsed < Duration::from_secs(3),
+        "took {:?}",
+        report.elapsed
+    );
+    assert!(report.progress.is_some());
+
+    // After all of that, ordinary work still runs.
+    assert_eq!(
+        run(&f, &math, "math", "add", json!([2, 3])).await.unwrap(),
+        json!(5)
+    );
+    assert_eq!(
+        run(&f, &m, "misbehave", "flaky", json!([0])).await.unwrap(),
+        json!({"retries": 0})
+    );
+}
+
+/// Several misbehaving tasks at once do not starve a well-behaved one: the
+/// epoch yields keep the executor fair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_spinners_do_not_starve_others() {
+    let f = Arc::new(sandbox());
+    let m = load(&f, "misbehave");
+    let math = load(&f, "math");
+    let limits = Limits {
+        timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let mut spinners = Vec::new();
+    for i in 0..3 {
+        let (f, m, limits) = (f.clone(), m.clone(), limits.clone());
+        spinners.push(tokio::spawn(async move {
+            let mut c = call("misbehave", "spin", json!([]));
+            c.id = format!("spinner-{i}");
+            f.sandbox.run(&m, &c, &limits).await.result
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    assert_eq!(
+        run(&f, &math, "math", "add", json!([1, 1])).await.unwrap(),
+        json!(2)
+    );
+    // Not a timing assertion on speed: only that it did not wait for the
+    // spinners' two-second limit.
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "starved for {:?}",
+        t.elapsed()
+    );
+    for s in spinners {
+        assert!(matches!(s.await.unwrap(), Err(TaskError::TimeLimit { .. })));
+    }
+}
+
+#[tokio::test]
+async fn guests_get_no_capabilities() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+    let out = run(&f, &m, "misbehave", "escape", json!([])).await.unwrap();
+    assert_eq!(
+        out,
+        json!({"read_etc_passwd": false, "list_root": false, "env_vars": 0, "args": 0, "tcp_connect": false})
+    );
+    let imports = m.imports(&f.sandbox);
+    assert!(
+        imports
+            .iter()
+            .any(|i| i.starts_with("celeriac:task/context@0.1.0")),
+        "{imports:?}"
+    );
+}
+
+#[tokio::test]
+async fn guest_output_is_capped() {
+    let cache = tempfile::tempdir().unwrap();
+    let f = Fixture {
+        sandbox: Sandbox::new(SandboxConfig {
+            concurrency: 1,
+            cache_dir: Some(cache.path().to_path_buf()),
+            output_cap: 4096,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+        _cache: cache,
+    };
+    let m = load(&f, "misbehave");
+    // 8 MiB of output: the task neither fails nor blocks on a full pipe.
+    assert_eq!(
+        run(&f, &m, "misbehave", "chatter", json!([8 << 20]))
+            .await
+            .unwrap(),
+        json!(8 << 20)
+    );
+}
+
+#[tokio::test]
+async fn stores_are_fresh_per_task() {
+    let f = sandbox();
+    let math = load(&f, "math");
+    // A task that trapped leaves nothing behind for the next one.
+    let m = load(&f, "misbehave");
+    let _ = run(&f, &m, "misbehave", "panic", json!([])).await;
+    for i in 0..50i64 {
+        assert_eq!(
+            run(&f, &math, "math", "add", json!([i, i])).await.unwrap(),
+            json!(2 * i)
+        );
+    }
+}
+
+#[test]
+fn compiled_code_is_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        concurrency: 1,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..SandboxConfig::default()
+    };
+    let bytes = common::read_component("math");
+
+    let first = Sandbox::new(config.clone()).unwrap();
+    assert_eq!(first.load(&bytes).unwrap().1, Origin::Compiled);
+    assert_eq!(first.load(&bytes).unwrap().1, Origin::Memory);
+
+    // A second sandbox (as a second process would) loads native code.
+    let second = Sandbox::new(config.clone()).unwrap();
+    assert_eq!(second.load(&bytes).unwrap().1, Origin::DiskCache);
+
+    // A corrupt cache entry is discarded and recompiled, not trusted.
+    for entry in walk(cache.path()) {
+        std::fs::write(&entry, b"garbage").unwrap();
+    }
+    let third = Sandbox::new(config).unwrap();
+    assert_eq!(third.load(&bytes).unwrap().1, Origin::Compiled);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn not_a_component_is_a_clear_error() {
+    let f = sandbox();
+    let err = f
+        .sandbox
+        .load(b"definitely not wasm")
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().starts_with("not a valid component"),
+        "{err}"
+    );
+}
