@@ -9,6 +9,7 @@ use crate::__private::Failure;
 use crate::Error;
 
 /// The decoded arguments of one call, consumed parameter by parameter.
+#[derive(Debug)]
 pub struct Input {
     task: &'static str,
     params: &'static [&'static str],

@@ -4,7 +4,7 @@
 //! JSON `args` array and `kwargs` object the host passes in, encodes the
 //! return value as JSON, and maps errors onto the contract's failure kinds:
 //!
-//! ```ignore
+//! ```no_run
 //! use celeriac_sdk::{task, Error};
 //!
 //! #[task]
@@ -21,6 +21,7 @@
 //! }
 //!
 //! celeriac_sdk::export_tasks!(add, div);
+//! # fn main() {}
 //! ```
 //!
 //! Build with `celeriac build DIR` (a `wasm32-wasip2` release build of a

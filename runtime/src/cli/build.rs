@@ -46,6 +46,8 @@ fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
         ])
         .arg("--manifest-path")
         .arg(&manifest)
+        // From DIR, so the project's own .cargo/config.toml applies.
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -17,24 +17,20 @@ pub(crate) struct ComponentFile {
     pub module: String,
 }
 
-/// Outcome of opening: the file, or an exit code already explained on stderr.
-pub(crate) enum Opened {
-    Ok(ComponentFile),
-    Refused(ExitCode),
-}
-
+/// Open a component: `Ok(Err(code))` when it was refused, the reason
+/// already printed on stderr.
 pub(crate) fn open(
     path: &Path,
     trust: Option<&Path>,
     sig: Option<&Path>,
-) -> anyhow::Result<Opened> {
+) -> anyhow::Result<Result<ComponentFile, ExitCode>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let Some(trust_dir) = trust else {
-        return Ok(Opened::Ok(ComponentFile {
+        return Ok(Ok(ComponentFile {
             bytes,
             verified: None,
             module: stem,
@@ -42,14 +38,14 @@ pub(crate) fn open(
     };
     let verified = TrustStore::load(trust_dir).and_then(|t| t.verify_file(path, &bytes, sig));
     match verified {
-        Ok(v) => Ok(Opened::Ok(ComponentFile {
+        Ok(v) => Ok(Ok(ComponentFile {
             bytes,
             module: v.manifest.module.clone(),
             verified: Some(v),
         })),
         Err(e) => {
             eprintln!("refused: {}", one_line(&e.to_string()));
-            Ok(Opened::Refused(ExitCode::from(exit::UNTRUSTED)))
+            Ok(Err(ExitCode::from(exit::UNTRUSTED)))
         }
     }
 }

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use super::component::{Opened, open, unverified_signature};
+use super::component::{open, unverified_signature};
 use super::runtime;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::Digest;
@@ -26,8 +26,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = match open(&args.component, args.trust.as_deref(), args.sig.as_deref())? {
-        Opened::Ok(f) => f,
-        Opened::Refused(code) => return Ok(code),
+        Ok(f) => f,
+        Err(code) => return Ok(code),
     };
     let digest = Digest::of(&file.bytes);
     let sandbox = Sandbox::new(SandboxConfig {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::component::{Opened, open};
+use super::component::open;
 use super::{exit, one_line, runtime};
 use crate::sandbox::{Limits, Sandbox, SandboxConfig, TaskCall};
 use crate::units::{parse_duration, parse_size};
@@ -64,8 +64,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let file = match open(&args.component, args.trust.as_deref(), args.sig.as_deref())? {
-        Opened::Ok(f) => f,
-        Opened::Refused(code) => return Ok(code),
+        Ok(f) => f,
+        Err(code) => return Ok(code),
     };
     let (prefix, name) = match args.task.rsplit_once('.') {
         Some((m, t)) => (Some(m), t),

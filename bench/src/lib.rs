@@ -1,0 +1,69 @@
+//! Shared helpers for the benchmarks: example components and statistics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Build the example task components (release, wasm32-wasip2) and return
+/// the directory holding them.
+pub fn build_examples() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or_else(|| anyhow::anyhow!("bench/ has no parent"))?
+        .to_path_buf();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "math",
+            "-p",
+            "text",
+            "-p",
+            "misbehave",
+        ])
+        .status()?;
+    anyhow::ensure!(status.success(), "building the example tasks failed");
+    Ok(root.join("target/wasm32-wasip2/release"))
+}
+
+/// Order statistics of a sample of durations.
+pub struct Stats {
+    pub n: usize,
+    pub min: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub mean: Duration,
+}
+
+impl Stats {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        assert!(!samples.is_empty(), "no samples");
+        samples.sort();
+        let n = samples.len();
+        let at = |q: f64| samples[((n as f64 - 1.0) * q).round() as usize];
+        let total: Duration = samples.iter().sum();
+        Self {
+            n,
+            min: samples[0],
+            p50: at(0.5),
+            p99: at(0.99),
+            mean: total / n as u32,
+        }
+    }
+}
+
+/// `12.3 µs`, `4.56 ms`, `1.23 s`.
+pub fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e6 {
+        format!("{:.1} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.2} s", ns / 1e9)
+    }
+}
