@@ -32,7 +32,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
+/// Build the Rust task crate in `dir`; returns the component's path.
+pub(crate) fn build_rust(dir: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     check_rust_target()?;
     let manifest = dir.join("Cargo.toml");

@@ -1,12 +1,21 @@
 //! The `celeriac` command line: one module per subcommand.
 
 mod build;
+mod common;
 mod component;
+mod components;
+mod demo;
+mod dlq;
 mod inspect;
 mod keygen;
+mod result;
 mod run;
 mod sign;
+mod status;
+mod submit;
+mod upload;
 mod verify;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -21,6 +30,8 @@ pub mod exit {
     pub const ERROR: u8 = 2;
     /// Refused: unsigned, tampered, or signed by an untrusted key.
     pub const UNTRUSTED: u8 = 3;
+    /// Waited for a result that did not come in time.
+    pub const TIMEOUT: u8 = 4;
 }
 
 #[derive(Parser)]
@@ -56,6 +67,23 @@ enum Command {
     Run(run::Args),
     /// Show what a component is, serves, imports and who signed it.
     Inspect(inspect::Args),
+    /// See the whole flow in one process with no Redis: build, sign, upload,
+    /// work and report.
+    Demo(demo::Args),
+    /// Verify a signed component and store it in the broker under its module name.
+    Upload(upload::Args),
+    /// List uploaded modules and the digests they point at.
+    Components(components::Args),
+    /// Queue a task; prints its id (or, with --wait, its result).
+    Submit(submit::Args),
+    /// Consume queues and run tasks.
+    Worker(worker::Args),
+    /// Show a task's result record.
+    Result(result::Args),
+    /// Queue depths and live workers.
+    Status(status::Args),
+    /// Manage dead letters: list, requeue, purge.
+    Dlq(dlq::Args),
 }
 
 /// Entry point of the `celeriac` binary.
@@ -69,6 +97,14 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Run(a) => run::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Upload(a) => upload::run(a),
+        Command::Components(a) => components::run(a),
+        Command::Submit(a) => submit::run(a),
+        Command::Worker(a) => worker::run(a),
+        Command::Result(a) => result::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Dlq(a) => dlq::run(a),
     };
     match result {
         Ok(code) => code,

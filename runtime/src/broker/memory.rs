@@ -1,0 +1,408 @@
+//! In-process broker (`memory://`): the same semantics as Redis for one
+//! process, with nothing to install. Used by `celeriac demo` and embedders.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Broker, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo, Outgoing,
+    QueueStats, Reclaimed, StoredComponent, WorkerInfo,
+};
+use crate::results::{now_ms, state_of};
+use crate::signing::Digest;
+
+/// Dead letters kept per queue, oldest dropped first (as Redis' MAXLEN).
+const DLQ_CAP: usize = 100_000;
+
+#[derive(Default)]
+pub struct MemoryBroker {
+    state: Mutex<State>,
+    /// Signalled when messages become ready.
+    ready: Notify,
+    /// Signalled when a result is written.
+    results: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    components: HashMap<Digest, StoredComponent>,
+    modules: BTreeMap<String, ModuleInfo>,
+    queues: BTreeMap<String, Queue>,
+    results: HashMap<String, (String, Instant)>,
+    workers: HashMap<String, (WorkerInfo, Instant)>,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<(String, String, u64)>,
+    held: HashMap<String, Held>,
+    delayed: BTreeMap<(u64, u64), String>,
+    dead: VecDeque<DeadLetter>,
+}
+
+struct Held {
+    consumer: String,
+    payload: String,
+    deliveries: u64,
+    renewed: Instant,
+}
+
+impl MemoryBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the state consistent before it can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{}-{}", now_ms(), self.seq)
+    }
+
+    fn queue(&mut self, name: &str) -> &mut Queue {
+        self.queues.entry(name.to_string()).or_default()
+    }
+
+    fn push_ready(&mut self, queue: &str, payload: String, deliveries: u64) {
+        let id = self.next_id();
+        self.queue(queue).ready.push_back((id, payload, deliveries));
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn describe(&self) -> String {
+        "memory://".into()
+    }
+
+    async fn put_component(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        signature: &str,
+    ) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        if s.components.contains_key(digest) {
+            return Ok(false);
+        }
+        s.components.insert(
+            *digest,
+            StoredComponent {
+                bytes: bytes.to_vec(),
+                signature: signature.to_string(),
+            },
+        );
+        Ok(true)
+    }
+
+    async fn get_component(&self, digest: &Digest) -> BrokerResult<Option<StoredComponent>> {
+        Ok(self.lock().components.get(digest).cloned())
+    }
+
+    async fn set_module(&self, info: &ModuleInfo) -> BrokerResult<()> {
+        self.lock()
+            .modules
+            .insert(info.module.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn get_module(&self, module: &str) -> BrokerResult<Option<ModuleInfo>> {
+        Ok(self.lock().modules.get(module).cloned())
+    }
+
+    async fn list_modules(&self) -> BrokerResult<Vec<ModuleInfo>> {
+        Ok(self.lock().modules.values().cloned().collect())
+    }
+
+    async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()> {
+        let now = now_ms();
+        let mut s = self.lock();
+        for m in messages {
+            match m.due_ms.filter(|due| *due > now) {
+                Some(due) => {
+                    s.seq += 1;
+                    let seq = s.seq;
+                    s.queue(&m.queue)
+                        .delayed
+                        .insert((due, seq), m.payload.clone());
+                }
+                None => s.push_ready(&m.queue, m.payload.clone(), 0),
+            }
+        }
+        drop(s);
+        self.ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn declare(&self, queues: &[String]) -> BrokerResult<()> {
+        let mut s = self.lock();
+        for q in queues {
+            s.queue(q);
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        queues: &[String],
+        consumer: &str,
+        max: usize,
+        block: Duration,
+    ) -> BrokerResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Register interest before looking, so a notify in between is not lost.
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.lock();
+                let mut out = Vec::new();
+                for q in queues {
+                    let queue = s.queue(q);
+                    while out.len() < max {
+                        let Some((id, payload, deliveries)) = queue.ready.pop_front() else {
+                            break;
+                        };
+                        queue.held.insert(
+                            id.clone(),
+                            Held {
+                                consumer: consumer.to_string(),
+                                payload: payload.clone(),
+                                deliveries: deliveries + 1,
+                                renewed: Instant::now(),
+                            },
+                        );
+                        out.push(Delivery {
+                            queue: q.clone(),
+                            id,
+                            payload,
+                            deliveries: deliveries + 1,
+                        });
+                    }
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn promote_due(&self, queues: &[String], now: u64) -> BrokerResult<usize> {
+        let mut s = self.lock();
+        let mut moved = 0;
+        for q in queues {
+            let queue = s.queue(q);
+            let later = queue.delayed.split_off(&(now + 1, 0));
+            let due = std::mem::replace(&mut queue.delayed, later);
+            for (_, payload) in due {
+                s.push_ready(q, payload, 0);
+                moved += 1;
+            }
+        }
+        drop(s);
+        if moved > 0 {
+            self.ready.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn renew(&self, consumer: &str, held: &[(String, String)]) -> BrokerResult<()> {
+        let mut s = self.lock();
+        for (q, id) in held {
+            if let Some(h) = s.queue(q).held.get_mut(id) {
+                h.consumer = consumer.to_string();
+                h.renewed = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    async fn reclaim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> BrokerResult<Reclaimed> {
+        let mut s = self.lock();
+        let q = s.queue(queue);
+        let mut out = Reclaimed::default();
+        for (id, h) in q.held.iter_mut() {
+            if out.deliveries.len() >= max {
+                break;
+            }
+            if h.renewed.elapsed() >= min_idle {
+                h.consumer = consumer.to_string();
+                h.renewed = Instant::now();
+                h.deliveries += 1;
+                out.deliveries.push(Delivery {
+                    queue: queue.to_string(),
+                    id: id.clone(),
+                    payload: h.payload.clone(),
+                    deliveries: h.deliveries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete(&self, batch: &[Completion]) -> BrokerResult<()> {
+        let now = now_ms();
+        let mut s = self.lock();
+        let mut wrote_result = false;
+        let mut requeued = false;
+        for c in batch {
+            if let Some(r) = &c.result {
+                s.results
+                    .insert(r.task_id.clone(), (r.json.clone(), Instant::now() + r.ttl));
+                wrote_result = true;
+            }
+            let held = s.queue(&c.queue).held.remove(&c.delivery_id);
+            let deliveries = held.map_or(0, |h| h.deliveries);
+            match &c.disposition {
+                Disposition::Ack => {}
+                Disposition::Retry { payload, due_ms } => {
+                    s.seq += 1;
+                    let seq = s.seq;
+                    s.queue(&c.queue)
+                        .delayed
+                        .insert((*due_ms, seq), payload.clone());
+                }
+                Disposition::DeadLetter { reason } => {
+                    let id = s.next_id();
+                    let dead = &mut s.queue(&c.queue).dead;
+                    dead.push_back(DeadLetter {
+                        id,
+                        queue: c.queue.clone(),
+                        reason: reason.clone(),
+                        payload: c.payload.clone(),
+                        at: now,
+                    });
+                    if dead.len() > DLQ_CAP {
+                        dead.pop_front();
+                    }
+                }
+                Disposition::Requeue => {
+                    // Keeps its delivery count: requeueing is not a fresh start.
+                    s.push_ready(&c.queue, c.payload.clone(), deliveries.saturating_sub(1));
+                    requeued = true;
+                }
+            }
+        }
+        drop(s);
+        if wrote_result {
+            self.results.notify_waiters();
+        }
+        if requeued {
+            self.ready.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn get_result(&self, task_id: &str) -> BrokerResult<Option<String>> {
+        let mut s = self.lock();
+        match s.results.get(task_id) {
+            Some((json, expires)) if *expires > Instant::now() => Ok(Some(json.clone())),
+            Some(_) => {
+                s.results.remove(task_id);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.results.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let latest = self.get_result(task_id).await?;
+            if latest
+                .as_deref()
+                .and_then(state_of)
+                .is_some_and(|s| s.is_final())
+            {
+                return Ok(latest);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get_result(task_id).await;
+            }
+        }
+    }
+
+    async fn dlq_list(&self, queue: &str, limit: usize) -> BrokerResult<Vec<DeadLetter>> {
+        let mut s = self.lock();
+        Ok(s.queue(queue).dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn dlq_requeue(&self, queue: &str, id: &str) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        let dead = &mut s.queue(queue).dead;
+        let Some(pos) = dead.iter().position(|d| d.id == id) else {
+            return Ok(false);
+        };
+        let letter = dead.remove(pos).map(|d| d.payload).unwrap_or_default();
+        s.push_ready(queue, super::reset_retries(&letter), 0);
+        drop(s);
+        self.ready.notify_waiters();
+        Ok(true)
+    }
+
+    async fn dlq_purge(&self, queue: &str) -> BrokerResult<u64> {
+        let mut s = self.lock();
+        let dead = &mut s.queue(queue).dead;
+        let n = dead.len() as u64;
+        dead.clear();
+        Ok(n)
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<String>> {
+        Ok(self.lock().queues.keys().cloned().collect())
+    }
+
+    async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats> {
+        let mut s = self.lock();
+        let q = s.queue(queue);
+        Ok(QueueStats {
+            queue: queue.to_string(),
+            ready: q.ready.len() as u64,
+            delayed: q.delayed.len() as u64,
+            in_flight: q.held.len() as u64,
+            dead: q.dead.len() as u64,
+        })
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
+        self.lock()
+            .workers
+            .insert(worker.id.clone(), (worker.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn forget_worker(&self, worker_id: &str) -> BrokerResult<()> {
+        self.lock().workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.workers.retain(|_, (_, expires)| *expires > now);
+        Ok(s.workers.values().map(|(w, _)| w.clone()).collect())
+    }
+}

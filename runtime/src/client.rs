@@ -1,0 +1,184 @@
+//! Producing tasks: resolve `module.task` to the module's current digest,
+//! pin it in a message, enqueue; and wait for results.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::broker::{
+    Broker, BrokerError, MessageLimits, ModuleInfo, Outgoing, TaskMessage, message,
+};
+use crate::results::{ResultRecord, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("task must be `module.task`, got `{0}`")]
+    TaskName(String),
+    #[error(
+        "unknown module `{0}`: upload a component signed as `{0}` first (celeriac components lists what is there)"
+    )]
+    UnknownModule(String),
+    #[error("queue name `{0}` is invalid: use letters, digits, `_`, `-` and `.`, at most 64")]
+    QueueName(String),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("stored result is not a valid record: {0}")]
+    CorruptResult(String),
+}
+
+/// How to run a submitted task. Unset limits take the worker's defaults.
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    pub queue: String,
+    /// Run no earlier than this.
+    pub eta: Option<SystemTime>,
+    /// Do not run after this: record REVOKED instead.
+    pub expires: Option<SystemTime>,
+    pub max_retries: u32,
+    pub limits: MessageLimits,
+    pub result_ttl: Option<Duration>,
+    pub ignore_result: bool,
+}
+
+impl Default for SubmitOptions {
+    fn default() -> Self {
+        Self {
+            queue: "default".into(),
+            eta: None,
+            expires: None,
+            max_retries: 3,
+            limits: MessageLimits::default(),
+            result_ttl: None,
+            ignore_result: false,
+        }
+    }
+}
+
+/// One task to submit.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    pub task: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+}
+
+/// Submit one task; returns its id. Nothing is enqueued if the module is
+/// unknown.
+pub async fn submit(
+    broker: &dyn Broker,
+    request: TaskRequest,
+    options: &SubmitOptions,
+) -> Result<String, ClientError> {
+    let mut ids = submit_many(broker, vec![request], options).await?;
+    Ok(ids.pop().unwrap_or_default())
+}
+
+/// Submit many tasks in one round trip; returns their ids in order. Each
+/// module is resolved once; an unknown one fails the whole batch before
+/// anything is enqueued.
+pub async fn submit_many(
+    broker: &dyn Broker,
+    requests: Vec<TaskRequest>,
+    options: &SubmitOptions,
+) -> Result<Vec<String>, ClientError> {
+    validate_queue(&options.queue)?;
+    let mut modules: HashMap<String, ModuleInfo> = HashMap::new();
+    for r in &requests {
+        let (module, _) = split(&r.task)?;
+        if !modules.contains_key(module) {
+            let info = broker
+                .get_module(module)
+                .await?
+                .ok_or_else(|| ClientError::UnknownModule(module.to_string()))?;
+            modules.insert(module.to_string(), info);
+        }
+    }
+    let now = now_ms();
+    let eta = options.eta.map(unix_ms);
+    let mut ids = Vec::with_capacity(requests.len());
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        let (module, _) = split(&r.task)?;
+        let digest = modules[module].digest;
+        let id = uuid::Uuid::new_v4().to_string();
+        let msg = TaskMessage {
+            v: message::VERSION,
+            id: id.clone(),
+            task: r.task,
+            digest,
+            args: r.args,
+            kwargs: r.kwargs,
+            queue: options.queue.clone(),
+            retries: 0,
+            max_retries: options.max_retries,
+            eta,
+            expires: options.expires.map(unix_ms),
+            limits: options.limits.clone(),
+            result_ttl: options.result_ttl.map(|d| d.as_secs().max(1)),
+            ignore_result: options.ignore_result,
+            submitted_at: now,
+        };
+        out.push(Outgoing {
+            queue: options.queue.clone(),
+            payload: msg.to_json(),
+            due_ms: eta,
+        });
+        ids.push(id);
+    }
+    broker.enqueue(&out).await?;
+    Ok(ids)
+}
+
+/// The stored record of a task, if any.
+pub async fn result(broker: &dyn Broker, id: &str) -> Result<Option<ResultRecord>, ClientError> {
+    broker
+        .get_result(id)
+        .await?
+        .map(|j| parse_record(&j))
+        .transpose()
+}
+
+/// Wait until the task's record is final (SUCCESS, FAILURE, REVOKED) or
+/// `timeout` passes; returns the latest record seen.
+pub async fn wait(
+    broker: &dyn Broker,
+    id: &str,
+    timeout: Duration,
+) -> Result<Option<ResultRecord>, ClientError> {
+    broker
+        .wait_result(id, timeout)
+        .await?
+        .map(|j| parse_record(&j))
+        .transpose()
+}
+
+fn parse_record(json: &str) -> Result<ResultRecord, ClientError> {
+    serde_json::from_str(json).map_err(|e| ClientError::CorruptResult(e.to_string()))
+}
+
+fn split(task: &str) -> Result<(&str, &str), ClientError> {
+    task.rsplit_once('.')
+        .filter(|(m, t)| !m.is_empty() && !t.is_empty())
+        .ok_or_else(|| ClientError::TaskName(task.to_string()))
+}
+
+/// Queue names become Redis keys and hash tags: keep them plain.
+pub fn validate_queue(name: &str) -> Result<(), ClientError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientError::QueueName(name.to_string()))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
