@@ -357,6 +357,10 @@ impl Broker for MemoryBroker {
             return Ok(false);
         };
         let letter = dead.remove(pos).map(|d| d.payload).unwrap_or_default();
+        // The old FAILURE record would answer anyone waiting on the rerun.
+        if let Some(task_id) = super::message::salvage_id(&letter) {
+            s.results.remove(&task_id);
+        }
         s.push_ready(queue, super::reset_retries(&letter), 0);
         drop(s);
         self.ready.notify_waiters();

@@ -577,7 +577,12 @@ impl Broker for RedisBroker {
             .find(|(f, _)| f == "m")
             .map(|(_, v)| v)
             .unwrap_or_default();
-        let _: () = redis::pipe()
+        let mut pipe = redis::pipe();
+        // The old FAILURE record would answer anyone waiting on the rerun.
+        if let Some(task_id) = super::message::salvage_id(&payload) {
+            pipe.del(self.result_key(&task_id)).ignore();
+        }
+        let _: () = pipe
             .atomic()
             .cmd("XADD")
             .arg(self.stream(queue))

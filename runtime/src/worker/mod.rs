@@ -145,7 +145,11 @@ impl Worker {
 
         let slots = Arc::new(Semaphore::new(self.config.concurrency as usize));
         let mut tasks = JoinSet::new();
-        let stop_running = CancellationToken::new();
+        let tokens = Tokens {
+            shutdown: shutdown.clone(),
+            fetch_stopped: CancellationToken::new(),
+            stop_running: CancellationToken::new(),
+        };
         self.declare_with_retry(&shutdown).await;
         tracing::info!(worker = %self.config.id, queues = ?self.config.queues, concurrency = self.config.concurrency, broker = %self.broker.describe(), "worker started");
 
@@ -154,7 +158,7 @@ impl Worker {
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             while let Ok(d) = reclaimed_rx.try_recv() {
-                self.spawn_delivery(&mut tasks, d, &slots, &stop_running, &shutdown, &done_tx);
+                self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
             }
             let room = capacity.saturating_sub(tasks.len());
             if room == 0 {
@@ -181,14 +185,7 @@ impl Worker {
                 Ok(deliveries) => {
                     failures = 0;
                     for d in deliveries {
-                        self.spawn_delivery(
-                            &mut tasks,
-                            d,
-                            &slots,
-                            &stop_running,
-                            &shutdown,
-                            &done_tx,
-                        );
+                        self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
                     }
                 }
                 Err(e) => {
@@ -205,8 +202,9 @@ impl Worker {
             }
         }
         while let Ok(d) = reclaimed_rx.try_recv() {
-            self.spawn_delivery(&mut tasks, d, &slots, &stop_running, &shutdown, &done_tx);
+            self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
         }
+        tokens.fetch_stopped.cancel();
 
         // Shutdown: messages still waiting for a slot go back at once (they
         // see `shutdown`); running ones get the grace period.
@@ -217,7 +215,7 @@ impl Worker {
         .await;
         if graceful.is_err() {
             tracing::warn!("grace period over: handing unfinished tasks back to the queue");
-            stop_running.cancel();
+            tokens.stop_running.cancel();
             while tasks.join_next().await.is_some() {}
         }
         keeper_stop.cancel();
@@ -256,18 +254,16 @@ impl Worker {
         tasks: &mut JoinSet<()>,
         delivery: Delivery,
         slots: &Arc<Semaphore>,
-        stop_running: &CancellationToken,
-        shutdown: &CancellationToken,
+        tokens: &Tokens,
         done: &mpsc::UnboundedSender<Completion>,
     ) {
         self.held()
             .insert((delivery.queue.clone(), delivery.id.clone()));
-        let (this, slots, stop_running, shutdown, done) = (
-            self.clone(),
-            slots.clone(),
-            stop_running.clone(),
-            shutdown.clone(),
-            done.clone(),
+        let (this, slots, done) = (self.clone(), slots.clone(), done.clone());
+        let (shutdown, fetch_stopped, stop_running) = (
+            tokens.shutdown.clone(),
+            tokens.fetch_stopped.clone(),
+            tokens.stop_running.clone(),
         );
         tasks.spawn(async move {
             let permit = tokio::select! {
@@ -275,7 +271,6 @@ impl Worker {
                 _ = shutdown.cancelled() => None,
             };
             let completion = match permit {
-                // Not started before the shutdown signal: hand it back.
                 Some(_permit) if !shutdown.is_cancelled() => {
                     this.busy.fetch_add(1, Ordering::Relaxed);
                     metrics::slots_busy(this.busy.load(Ordering::Relaxed));
@@ -287,7 +282,13 @@ impl Worker {
                     metrics::slots_busy(this.busy.load(Ordering::Relaxed));
                     c
                 }
-                _ => requeue(&delivery),
+                // Not started before the shutdown signal: hand it back, but
+                // only once fetching has stopped, or the last read could
+                // bring it straight back here.
+                _ => {
+                    fetch_stopped.cancelled().await;
+                    requeue(&delivery)
+                }
             };
             let _ = done.send(completion);
         });
@@ -506,6 +507,9 @@ impl Worker {
                     } else {
                         e.to_string()
                     };
+                    if let Some(err) = record.error.as_mut() {
+                        err.message = reason.clone();
+                    }
                     tracing::info!(error = %reason, "failed");
                     metrics::task_finished(&msg.task, "FAILURE");
                     done(Some(record), Disposition::DeadLetter { reason })
@@ -686,6 +690,16 @@ impl Worker {
             }
         }
     }
+}
+
+/// The phases of a shutdown, as seen by each delivery's future.
+struct Tokens {
+    /// Signal received: start nothing new.
+    shutdown: CancellationToken,
+    /// The fetch loop has ended: unstarted messages may be handed back.
+    fetch_stopped: CancellationToken,
+    /// Grace period over: abandon running tasks and hand them back.
+    stop_running: CancellationToken,
 }
 
 fn requeue(d: &Delivery) -> Completion {
