@@ -631,19 +631,20 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     let summary = worker.stop().await;
     assert_eq!(summary.processed, 1);
     assert_eq!(summary.requeued_on_shutdown, 2);
-    assert_eq!(
-        client::result(b.as_ref(), &ids[0])
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
-        TaskState::Success
-    );
+    // Whichever of the three got the slot finished; the other two wait.
+    let mut finished = 0;
+    for id in &ids {
+        if let Some(r) = client::result(b.as_ref(), id).await.unwrap() {
+            assert_eq!(r.state, TaskState::Success);
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, 1);
     let stats = b.queue_stats("default").await.unwrap();
     assert_eq!((stats.ready, stats.in_flight), (2, 0), "{stats:?}");
 
     let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("next"));
-    for id in &ids[1..] {
+    for id in &ids {
         assert_eq!(wait(b.as_ref(), id).await.state, TaskState::Success);
     }
     worker.stop().await;

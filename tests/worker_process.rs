@@ -1,1 +1,538 @@
+//! The real `celeriac` binary in separate processes against a real Redis:
+//! the upload / submit / worker / result flow, SIGKILL during a batch,
+//! SIGTERM with work in flight, a Redis restart, and the no-Redis demo.
+
 mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use celeriac::broker::Broker;
+use celeriac::client::{self, SubmitOptions, TaskRequest};
+use celeriac::results::TaskState;
+use common::{Prefix, Publisher};
+use serde_json::json;
+
+fn celeriac(broker: &str, prefix: &str, cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .args(args)
+        .env("CELERIAC_BROKER", broker)
+        .env("CELERIAC_PREFIX", prefix)
+        .env("CELERIAC_CACHE_DIR", cache)
+        .env_remove("CELERIAC_TRUST")
+        .output()
+        .expect("run celeriac")
+}
+
+/// A `celeriac worker` process, killed on drop if still running.
+struct WorkerProcess {
+    child: Child,
+    id: String,
+}
+
+impl WorkerProcess {
+    fn start(
+        broker: &str,
+        prefix: &str,
+        cache: &Path,
+        trust: &Path,
+        id: &str,
+        extra: &[&str],
+    ) -> Self {
+        let log = std::fs::File::create(cache.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args([
+                "worker",
+                "--trust",
+                trust.to_str().unwrap(),
+                "--id",
+                id,
+                "-v",
+            ])
+            .args(extra)
+            .env("CELERIAC_BROKER", broker)
+            .env("CELERIAC_PREFIX", prefix)
+            .env("CELERIAC_CACHE_DIR", cache)
+            .env("CELERIAC_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        Self {
+            child,
+            id: id.into(),
+        }
+    }
+
+    /// Wait until its heartbeat shows in the broker.
+    async fn ready(&self, broker: &dyn Broker) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if broker
+                .workers()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|w| w.id == self.id)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker {} never sent a heartbeat", self.id);
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Wait for exit, up to `limit`.
+    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not exit within {limit:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_submit_worker_result_across_processes() {
+    let p = Prefix::new();
+    let url = common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| celeriac(&url, &p.0, cache.path(), args);
+    let trust = publisher.trust_dir();
+    let trust_s = trust.to_str().unwrap();
+
+    let math = publisher.signed_file("math");
+    let math_s = math.to_str().unwrap();
+    let up = run(&["upload", math_s, "--trust", trust_s]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let line = stdout(&up);
+    assert!(
+        line.starts_with("math sha256:") && line.trim().len() == "math sha256:".len() + 64,
+        "{line}"
+    );
+    let again = run(&["upload", math_s, "--trust", trust_s]);
+    assert_eq!(stdout(&again), line);
+    // Unsigned: refused, nothing stored.
+    let bare = publisher.dir.path().join("bare.wasm");
+    std::fs::copy(&math, &bare).unwrap();
+    let o = run(&["upload", bare.to_str().unwrap(), "--trust", trust_s]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).starts_with("refused: unsigned"),
+        "{}",
+        stderr(&o)
+    );
+
+    let listed = stdout(&run(&["components"]));
+    assert!(
+        listed.contains("math") && listed.contains(line.split_whitespace().nth(1).unwrap()),
+        "{listed}"
+    );
+
+    // Unknown module: clear error, nothing enqueued.
+    let o = run(&["submit", "nosuch.add", "[1, 2]"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown module `nosuch`"),
+        "{}",
+        stderr(&o)
+    );
+
+    let worker = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "proc-w1", &[]);
+    let broker = p.broker().await;
+    worker.ready(broker.as_ref()).await;
+
+    let o = run(&["submit", "math.add", "[2, 3]", "--wait"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "5\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["submit", "math.add", "[2]", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: invalid-input: add() missing required argument `b`"
+    );
+
+    let o = run(&["submit", "math.mul", "[6]", "--kwargs", r#"{"b": 7}"#]);
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 36, "not a task id: {id}");
+    let o = run(&["result", &id, "--wait", "--wait-timeout", "20s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (record["state"].as_str(), &record["result"]),
+        (Some("SUCCESS"), &json!(42))
+    );
+    assert_eq!(record["worker"], "proc-w1");
+    let o = run(&["result", "no-such-id"]);
+    assert!(stdout(&o).contains("PENDING"));
+
+    let status = stdout(&run(&["status"]));
+    assert!(
+        status.contains("default") && status.contains("proc-w1"),
+        "{status}"
+    );
+    let dead = stdout(&run(&["dlq", "list"]));
+    assert!(
+        dead.contains("math.add") && dead.contains("missing required argument"),
+        "{dead}"
+    );
+    let purged = stdout(&run(&["dlq", "purge"]));
+    assert_eq!(purged.trim(), "purged 1 dead letters from default");
+
+    // SIGTERM: a clean, prompt exit and the heartbeat removed.
+    let mut worker = worker;
+    worker.signal("-TERM");
+    let status = worker.exit_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(broker.workers().await.unwrap().is_empty());
+}
+
+/// Two workers share a batch of 1,000 tasks; one is SIGKILLed mid-batch;
+/// every task still ends with a SUCCESS result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_batch_loses_nothing() {
+    let p = Prefix::new();
+    let url = common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = p.broker().await;
+    publisher.upload(broker.as_ref(), &["math"]).await;
+
+    let opts = [
+        "--concurrency",
+        "2",
+        "--prefetch",
+        "32",
+        "--visibility-timeout",
+        "2s",
+    ];
+    let trust = publisher.trust_dir();
+    let mut a = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "victim", &opts);
+    let b = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "survivor", &opts);
+    a.ready(broker.as_ref()).await;
+    b.ready(broker.as_ref()).await;
+
+    // Half of them CPU-bound (fib 30, a few ms each) so the kill lands mid-batch.
+    let requests: Vec<TaskRequest> = (0..1000)
+        .map(|i| TaskRequest {
+            task: if i % 2 == 0 {
+                "math.fib".into()
+            } else {
+                "math.add".into()
+            },
+            args: if i % 2 == 0 {
+                vec![json!(30)]
+            } else {
+                vec![json!(i), json!(1)]
+            },
+            kwargs: Default::default(),
+        })
+        .collect();
+    let ids = client::submit_many(broker.as_ref(), requests, &SubmitOptions::default())
+        .await
+        .unwrap();
+
+    // Kill the victim as soon as it has finished some of the work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'wait: loop {
+        let mut by_victim = 0;
+        for id in &ids[..200] {
+            if client::result(broker.as_ref(), id)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.worker == "victim")
+            {
+                by_victim += 1;
+                if by_victim >= 10 {
+                    break 'wait;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "victim never got going");
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let mut finished_at_kill = 0;
+    for id in &ids {
+        if client::result(broker.as_ref(), id).await.unwrap().is_some() {
+            finished_at_kill += 1;
+        }
+    }
+    assert!(
+        finished_at_kill < 1000,
+        "the kill came after the batch was done"
+    );
+    eprintln!("killed the victim with {finished_at_kill}/1000 tasks finished");
+
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let r = client::wait(broker.as_ref(), id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let r = r.unwrap_or_else(|| panic!("task {i} ({id}) has no result"));
+        assert_eq!(r.state, TaskState::Success, "task {i}: {r:?}");
+        let expected = if i % 2 == 0 {
+            json!(832040)
+        } else {
+            json!(i + 1)
+        };
+        assert_eq!(r.result, Some(expected), "task {i}");
+        *by_worker.entry(r.worker).or_default() += 1;
+    }
+    assert!(
+        by_worker.get("victim").copied().unwrap_or(0) > 0,
+        "{by_worker:?}"
+    );
+    assert!(
+        by_worker.get("survivor").copied().unwrap_or(0) > 0,
+        "{by_worker:?}"
+    );
+    let stats = broker.queue_stats("default").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.in_flight, stats.dead),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    drop(b);
+}
+
+/// SIGTERM while a task runs: it finishes, its result is stored, the
+/// process exits 0; a second signal is not needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work() {
+    let p = Prefix::new();
+    let url = common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = p.broker().await;
+    publisher.upload(broker.as_ref(), &["misbehave"]).await;
+    let mut w = WorkerProcess::start(
+        &url,
+        &p.0,
+        cache.path(),
+        &publisher.trust_dir(),
+        "term",
+        &["--concurrency", "1"],
+    );
+    w.ready(broker.as_ref()).await;
+    let req = |ms: u64| TaskRequest {
+        task: "misbehave.sleep".into(),
+        args: vec![json!(ms)],
+        kwargs: Default::default(),
+    };
+    let ids = client::submit_many(
+        broker.as_ref(),
+        vec![req(3000), req(10)],
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Wait until the first task is running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.workers().await.unwrap().iter().all(|x| x.busy == 0) {
+        assert!(Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.signal("-TERM");
+    let status = w.exit_within(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    let first = client::result(broker.as_ref(), &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.state, first.result),
+        (TaskState::Success, Some(json!(3000)))
+    );
+    // The one it had not started is back on the queue, not lost.
+    assert!(
+        client::result(broker.as_ref(), &ids[1])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stats = broker.queue_stats("default").await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (1, 0), "{stats:?}");
+}
+
+/// Redis restarts (losing everything, as a cache-only Redis does): the
+/// worker reconnects with backoff and goes on consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_survives_a_redis_restart() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let prefix = "restart:";
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = celeriac::broker::connect(&url, prefix).await.unwrap();
+    publisher.upload(broker.as_ref(), &["math"]).await;
+    let w = WorkerProcess::start(
+        &url,
+        prefix,
+        cache.path(),
+        &publisher.trust_dir(),
+        "phoenix",
+        &[],
+    );
+    w.ready(broker.as_ref()).await;
+
+    let add = |a: i64| TaskRequest {
+        task: "math.add".into(),
+        args: vec![json!(a), json!(1)],
+        kwargs: Default::default(),
+    };
+    let id = client::submit(broker.as_ref(), add(1), &SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client::wait(broker.as_ref(), &id, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .unwrap()
+            .result,
+        Some(json!(2))
+    );
+
+    let server = server.restart();
+    // Everything was lost with the old server: upload again, then submit.
+    let broker = celeriac::broker::connect(&url, prefix).await.unwrap();
+    publisher.upload(broker.as_ref(), &["math"]).await;
+    let id = client::submit(broker.as_ref(), add(41), &SubmitOptions::default())
+        .await
+        .unwrap();
+    let r = client::wait(broker.as_ref(), &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(cache.path().join("phoenix.log")).unwrap_or_default();
+    let r = r.unwrap_or_else(|| panic!("no result after the restart; worker log:\n{log}"));
+    assert_eq!(
+        (r.state, r.result, r.worker.as_str()),
+        (TaskState::Success, Some(json!(42)), "phoenix")
+    );
+    drop(w);
+    drop(server);
+}
+
+/// `celeriac demo` runs the whole flow in one process, with no Redis.
+#[test]
+fn demo_needs_no_redis() {
+    let cache = tempfile::tempdir().unwrap();
+    common::component("math");
+    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .current_dir(common::workspace_root())
+        .args(["demo", "--tasks", "300"])
+        .env("CELERIAC_BROKER", "redis://127.0.0.1:1")
+        .env("CELERIAC_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("300 tasks in"), "{out}");
+    assert!(
+        out.contains("270 succeeded, 30 failed, 0 unfinished"),
+        "{out}"
+    );
+}
+
+/// A redis-server of the test's own on a free port, for breaking on purpose.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::on(port, tempfile::tempdir().unwrap())
+    }
+
+    fn on(port: u16, dir: tempfile::TempDir) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it hard and start a fresh one on the same port.
+    fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        Self::on(port, dir)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
