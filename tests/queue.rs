@@ -269,7 +269,9 @@ async fn leases_are_renewed_for_long_tasks() {
         c.visibility_timeout = Duration::from_millis(600);
         c
     };
-    let a = RunningWorker::start(b.clone(), publisher.trust.clone(), config("a"));
+    let mut tracking = config("a");
+    tracking.track_started = true;
+    let a = RunningWorker::start(b.clone(), publisher.trust.clone(), tracking);
     let id = submit(
         b.as_ref(),
         "misbehave.sleep",
@@ -277,7 +279,12 @@ async fn leases_are_renewed_for_long_tasks() {
         &SubmitOptions::default(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let running = client::result(b.as_ref(), &id).await.unwrap().unwrap();
+    assert_eq!(
+        (running.state, running.worker.as_str()),
+        (TaskState::Started, "a")
+    );
     let other = RunningWorker::start(b.clone(), publisher.trust.clone(), config("b"));
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use super::{
     Broker, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo, Outgoing,
-    QueueStats, Reclaimed, StoredComponent, WorkerInfo,
+    QueueStats, Reclaimed, ResultWrite, StoredComponent, WorkerInfo,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -310,6 +310,15 @@ impl Broker for MemoryBroker {
         if requeued {
             self.ready.notify_waiters();
         }
+        Ok(())
+    }
+
+    async fn set_result(&self, write: &ResultWrite) -> BrokerResult<()> {
+        self.lock().results.insert(
+            write.task_id.clone(),
+            (write.json.clone(), Instant::now() + write.ttl),
+        );
+        self.results.notify_waiters();
         Ok(())
     }
 

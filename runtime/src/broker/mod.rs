@@ -204,6 +204,8 @@ pub trait Broker: Send + Sync + 'static {
     async fn complete(&self, batch: &[Completion]) -> BrokerResult<()>;
 
     // --- results ---
+    /// Store (and announce) a record outside a completion, e.g. STARTED.
+    async fn set_result(&self, write: &ResultWrite) -> BrokerResult<()>;
     async fn get_result(&self, task_id: &str) -> BrokerResult<Option<String>>;
     /// Wait (push-based) until the record is final or `timeout` passes;
     /// returns the latest record seen.

@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Broker, BrokerError, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo,
-    Outgoing, QueueStats, Reclaimed, StoredComponent, WorkerInfo, redact,
+    Outgoing, QueueStats, Reclaimed, ResultWrite, StoredComponent, WorkerInfo, redact,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -491,6 +491,18 @@ impl Broker for RedisBroker {
             self.add_disposal(&mut pipe, c);
         }
         let _: () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn set_result(&self, write: &ResultWrite) -> BrokerResult<()> {
+        let key = self.result_key(&write.task_id);
+        let _: () = redis::pipe()
+            .set_ex(&key, &write.json, write.ttl.as_secs().max(1))
+            .ignore()
+            .publish(&key, &write.json)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
         Ok(())
     }
 

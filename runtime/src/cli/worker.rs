@@ -64,6 +64,9 @@ pub struct Args {
     /// Use exact backoff delays instead of spreading them randomly.
     #[arg(long)]
     no_retry_jitter: bool,
+    /// Record STARTED when a task starts (one more Redis write per task).
+    #[arg(long)]
+    track_started: bool,
     /// Worker id (default host-pid-random).
     #[arg(long)]
     id: Option<String>,
@@ -102,6 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         grace: args.grace,
         heartbeat: Duration::from_secs(2),
+        track_started: args.track_started,
     };
     let runtime = super::runtime()?;
     runtime.block_on(async move {

@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     /// How long in-flight tasks may take to finish after a shutdown signal.
     pub grace: Duration,
     pub heartbeat: Duration,
+    /// Write a STARTED record when a task starts (one more write per task,
+    /// as Celery's task_track_started).
+    pub track_started: bool,
 }
 
 impl Default for WorkerConfig {
@@ -73,6 +76,7 @@ impl Default for WorkerConfig {
             backoff: Backoff::default(),
             grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(2),
+            track_started: false,
         }
     }
 }
@@ -433,6 +437,20 @@ impl Worker {
         };
         let limits = self.limits_for(&msg);
         let started_at = now_ms();
+        if self.config.track_started && !msg.ignore_result {
+            let mut started = self.failure(&msg, "", "", None);
+            started.state = TaskState::Started;
+            started.error = None;
+            started.finished_at = None;
+            started.started_at = Some(started_at);
+            if let Err(e) = self
+                .broker
+                .set_result(&self.result_write(&started, msg.result_ttl))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record STARTED");
+            }
+        }
         let report = self.sandbox.run(&component.loaded, &call, &limits).await;
         self.processed.fetch_add(1, Ordering::Relaxed);
         metrics::task_ran(&msg.task, report.elapsed, report.fuel_consumed);

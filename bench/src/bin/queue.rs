@@ -1,0 +1,170 @@
+//! End-to-end queue figures through a real Redis with one worker
+//! (concurrency 2): throughput of 20,000 `math.add` tasks submitted in
+//! bulk, and submit -> result latency of tasks sent one at a time.
+//!
+//!     cargo run --release -p celeriac-bench --bin queue
+//!
+//! Uses `CELERIAC_BENCH_REDIS` (default redis://127.0.0.1:6379) under a
+//! private key prefix, deleted afterwards. Prints a Markdown table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac::broker::{self, Broker};
+use celeriac::client::{self, SubmitOptions, TaskRequest};
+use celeriac::results::TaskState;
+use celeriac::sandbox::{Sandbox, SandboxConfig};
+use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
+use celeriac::worker::{Worker, WorkerConfig};
+use celeriac_bench::{Stats, build_examples, fmt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const THROUGHPUT_TASKS: usize = 20_000;
+const SUBMIT_CHUNK: usize = 1_000;
+const LATENCY_TASKS: usize = 1_000;
+
+fn main() -> anyhow::Result<()> {
+    let dir = build_examples()?;
+    let url =
+        std::env::var("CELERIAC_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("bench-{}:", std::process::id());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run(&dir, &url, &prefix));
+    cleanup(&url, &prefix);
+    result
+}
+
+async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<()> {
+    let broker = broker::connect(url, prefix).await?;
+    let keys = tempfile::tempdir()?;
+    let (secret, public, _) = generate_keypair(&keys.path().join("bench"))?;
+    let key = KeyPair::load(&secret)?;
+    let trust = TrustStore::from_keys([PublicKey::load(&public)?]);
+    let math = std::fs::read(dir.join("math.wasm"))?;
+    let sig = sign_component(&math, &key, "math")?;
+    celeriac::registry::upload(broker.as_ref(), &math, &sig, &trust).await?;
+
+    let cache = tempfile::tempdir()?;
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        concurrency: 2,
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..SandboxConfig::default()
+    })?);
+    let worker = Worker::new(
+        broker.clone(),
+        sandbox,
+        trust,
+        WorkerConfig {
+            concurrency: 2,
+            prefetch: 512,
+            ..WorkerConfig::default()
+        },
+    );
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+
+    // Warm up: compile, connect, fill caches.
+    let opts = SubmitOptions::default();
+    let id = client::submit(broker.as_ref(), add(0), &opts).await?;
+    client::wait(broker.as_ref(), &id, Duration::from_secs(30)).await?;
+
+    // Throughput: bulk submit, then wait until every task is acked (acks
+    // happen in the same transaction as the result write).
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(THROUGHPUT_TASKS);
+    for chunk in 0..THROUGHPUT_TASKS / SUBMIT_CHUNK {
+        let batch = (0..SUBMIT_CHUNK)
+            .map(|i| add((chunk * SUBMIT_CHUNK + i) as i64))
+            .collect();
+        ids.extend(client::submit_many(broker.as_ref(), batch, &opts).await?);
+    }
+    let submitted = started.elapsed();
+    wait_drained(broker.as_ref()).await?;
+    let elapsed = started.elapsed();
+    // Every one of them has its right result (checked outside the timing).
+    for (i, id) in ids.iter().enumerate() {
+        let r = client::result(broker.as_ref(), id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("task {i}: no result"))?;
+        anyhow::ensure!(
+            r.state == TaskState::Success && r.result == Some(json!(2 * i as i64)),
+            "task {i}: {r:?}"
+        );
+    }
+
+    // Latency at low load: one task at a time, submit -> result.
+    let mut latencies = Vec::with_capacity(LATENCY_TASKS);
+    for i in 0..LATENCY_TASKS {
+        let t = Instant::now();
+        let id = client::submit(broker.as_ref(), add(i as i64), &opts).await?;
+        let r = client::wait(broker.as_ref(), &id, Duration::from_secs(10)).await?;
+        latencies.push(t.elapsed());
+        anyhow::ensure!(
+            r.is_some_and(|r| r.state == TaskState::Success),
+            "task {i} failed"
+        );
+    }
+    stop.cancel();
+    let _ = running.await;
+
+    let lat = Stats::of(latencies);
+    println!("| measurement | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| throughput, {THROUGHPUT_TASKS} × math.add, 1 worker × 2 slots | {:.0} tasks/s |",
+        THROUGHPUT_TASKS as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "| of which bulk submit (chunks of {SUBMIT_CHUNK}) | {} |",
+        fmt(submitted)
+    );
+    println!("| total time | {} |", fmt(elapsed));
+    println!(
+        "| latency submit→result p50 ({LATENCY_TASKS} sequential) | {} |",
+        fmt(lat.p50)
+    );
+    println!("| latency p99 | {} |", fmt(lat.p99));
+    println!();
+    println!(
+        "Redis {}; {} cores; producer and worker in one process",
+        url,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    Ok(())
+}
+
+fn add(i: i64) -> TaskRequest {
+    TaskRequest {
+        task: "math.add".into(),
+        args: vec![json!(i), json!(i)],
+        kwargs: Default::default(),
+    }
+}
+
+async fn wait_drained(broker: &dyn Broker) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let s = broker.queue_stats("default").await?;
+        if s.ready == 0 && s.in_flight == 0 && s.delayed == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "queue did not drain: {s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn cleanup(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
