@@ -5,8 +5,45 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use std::time::Duration;
+
 use crate::broker::{self, Broker};
 use crate::results::{ResultRecord, TaskState};
+use crate::sandbox::Limits;
+use crate::units::{parse_duration, parse_size};
+
+/// Per-task limits, for `run` and as the worker's defaults.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LimitArgs {
+    /// Hard wall-clock limit.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+    /// Soft limit: after it the task's `should-stop` check returns true.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub soft_timeout: Option<Duration>,
+    /// Fuel budget (about one unit per wasm instruction).
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL)]
+    pub fuel: u64,
+    /// Memory limit for the task as a whole.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
+    pub memory: u64,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        if let Some(soft) = self.soft_timeout
+            && soft >= self.timeout
+        {
+            anyhow::bail!("--soft-timeout must be shorter than --timeout");
+        }
+        Ok(Limits {
+            timeout: self.timeout,
+            soft_timeout: self.soft_timeout,
+            fuel: self.fuel,
+            memory: self.memory,
+        })
+    }
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BrokerArgs {

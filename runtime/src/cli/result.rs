@@ -28,32 +28,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             result(broker.as_ref(), &args.id).await?
         };
-        match record {
-            Some(r) => {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                if args.wait && !r.state.is_final() {
-                    eprintln!(
-                        "error: task {} not finished within {}",
-                        args.id,
-                        humantime::format_duration(args.wait_timeout)
-                    );
-                    return Ok(ExitCode::from(exit::TIMEOUT));
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            None => {
-                // Celery's answer too: unknown ids are PENDING.
-                println!("{}", serde_json::json!({"id": args.id, "state": "PENDING"}));
-                if args.wait {
-                    eprintln!(
-                        "error: task {} not finished within {}",
-                        args.id,
-                        humantime::format_duration(args.wait_timeout)
-                    );
-                    return Ok(ExitCode::from(exit::TIMEOUT));
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+        // Celery's answer too: unknown ids are PENDING.
+        let (text, finished) = match &record {
+            Some(r) => (serde_json::to_string_pretty(r)?, r.state.is_final()),
+            None => (
+                serde_json::json!({"id": args.id, "state": "PENDING"}).to_string(),
+                false,
+            ),
+        };
+        println!("{text}");
+        if args.wait && !finished {
+            eprintln!(
+                "error: task {} not finished within {}",
+                args.id,
+                humantime::format_duration(args.wait_timeout)
+            );
+            return Ok(ExitCode::from(exit::TIMEOUT));
         }
+        Ok(ExitCode::SUCCESS)
     })
 }

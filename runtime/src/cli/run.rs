@@ -1,13 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use super::common::LimitArgs;
 use super::component::open;
 use super::{exit, one_line, runtime};
-use crate::sandbox::{Limits, Sandbox, SandboxConfig, TaskCall};
-use crate::units::{parse_duration, parse_size};
+use crate::sandbox::{Sandbox, SandboxConfig, TaskCall};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,18 +20,8 @@ pub struct Args {
     /// Keyword arguments as a JSON object.
     #[arg(long, value_name = "JSON", default_value = "{}")]
     kwargs: String,
-    /// Hard wall-clock limit.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
-    timeout: Duration,
-    /// Soft limit: after it the task's `should-stop` check returns true.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    soft_timeout: Option<Duration>,
-    /// Fuel budget (about one unit per wasm instruction).
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL)]
-    fuel: u64,
-    /// Memory limit for the task as a whole.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
-    memory: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Refuse to run unless a key in this directory signed the component.
     #[arg(long, value_name = "DIR", env = "CELERIAC_TRUST")]
     trust: Option<PathBuf>,
@@ -57,11 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         serde_json::Value::is_object,
         "a JSON object, e.g. '{\"b\": 3}'",
     )?;
-    if let Some(soft) = args.soft_timeout
-        && soft >= args.timeout
-    {
-        bail!("--soft-timeout must be shorter than --timeout");
-    }
+    let limits = args.limits.limits()?;
 
     let file = match open(&args.component, args.trust.as_deref(), args.sig.as_deref())? {
         Ok(f) => f,
@@ -99,12 +84,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kwargs: args.kwargs,
         retries: 0,
         max_retries: 0,
-    };
-    let limits = Limits {
-        timeout: args.timeout,
-        soft_timeout: args.soft_timeout,
-        fuel: args.fuel,
-        memory: args.memory,
     };
     let report = runtime()?.block_on(sandbox.run(&component, &call, &limits));
     tracing::info!(

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::common::BrokerArgs;
+use super::common::{BrokerArgs, LimitArgs};
 use crate::broker;
 use crate::client::validate_queue;
-use crate::sandbox::{Limits, Sandbox, SandboxConfig};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::TrustStore;
-use crate::units::{parse_duration, parse_size};
+use crate::units::parse_duration;
 use crate::worker::{Backoff, Worker, WorkerConfig, default_worker_id, install_prometheus};
 
 #[derive(clap::Args)]
@@ -43,18 +43,9 @@ pub struct Args {
     /// Result expiry when the message does not set one.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "24h")]
     result_ttl: Duration,
-    /// Default hard time limit per task.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
-    timeout: Duration,
-    /// Default soft time limit per task.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    soft_timeout: Option<Duration>,
-    /// Default fuel budget per task.
-    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT_FUEL)]
-    fuel: u64,
-    /// Default memory limit per task.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256MiB")]
-    memory: u64,
+    /// Default limits for tasks whose messages set none.
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Delay before the first retry; doubles each time.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
     retry_backoff: Duration,
@@ -91,12 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         prefetch: args.prefetch,
         visibility_timeout: args.visibility_timeout,
         max_deliveries: args.max_deliveries.max(1),
-        limits: Limits {
-            timeout: args.timeout,
-            soft_timeout: args.soft_timeout,
-            fuel: args.fuel,
-            memory: args.memory,
-        },
+        limits: args.limits.limits()?,
         result_ttl: args.result_ttl,
         backoff: Backoff {
             base: args.retry_backoff,
