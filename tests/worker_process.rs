@@ -172,7 +172,16 @@ async fn upload_submit_worker_result_across_processes() {
         stderr(&o)
     );
 
-    let worker = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "proc-w1", &[]);
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let worker = WorkerProcess::start(
+        &url,
+        &p.0,
+        cache.path(),
+        &trust,
+        "proc-w1",
+        &["--metrics", &metrics_addr],
+    );
     let broker = p.broker().await;
     worker.ready(broker.as_ref()).await;
 
@@ -203,6 +212,22 @@ async fn upload_submit_worker_result_across_processes() {
     assert_eq!(record["worker"], "proc-w1");
     let o = run(&["result", "no-such-id"]);
     assert!(stdout(&o).contains("PENDING"));
+
+    // Prometheus metrics: tasks by state and name, runtime histogram, queue depth.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains(r#"celeriac_tasks_total{task="math.add",state="SUCCESS"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"celeriac_tasks_total{task="math.add",state="FAILURE"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("celeriac_task_runtime_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("celeriac_worker_slots_busy"), "{metrics}");
 
     let status = stdout(&run(&["status"]));
     assert!(
@@ -472,6 +497,54 @@ fn demo_needs_no_redis() {
     );
 }
 
+/// Passwords in the URL authenticate, and never show in errors or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_urls_authenticate_and_stay_secret() {
+    let server = PrivateRedis::start_with(&["--requirepass", "s3cret-pass"]);
+    let good = format!("redis://:s3cret-pass@127.0.0.1:{}", server.port);
+    let bad = format!("redis://:wrong-pass@127.0.0.1:{}", server.port);
+    let broker = celeriac::broker::connect(&good, "auth:").await.unwrap();
+    assert!(broker.queues().await.unwrap().is_empty());
+    assert!(
+        !broker.describe().contains("s3cret"),
+        "{}",
+        broker.describe()
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let o = celeriac(&bad, "auth:", cache.path(), &["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot reach the broker at redis://:***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pass"), "{err}");
+    let o = celeriac(&good, "auth:", cache.path(), &["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
 /// A redis-server of the test's own on a free port, for breaking on purpose.
 struct PrivateRedis {
     child: Child,
@@ -481,19 +554,19 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::on(port, tempfile::tempdir().unwrap())
+        Self::start_with(&[])
     }
 
-    fn on(port: u16, dir: tempfile::TempDir) -> Self {
+    fn start_with(extra: &[&str]) -> Self {
+        Self::on(free_port(), tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn on(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let port_s = port.to_string();
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &port.to_string(),
+                &port_s,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -501,6 +574,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -526,7 +600,7 @@ impl PrivateRedis {
         let port = self.port;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         std::thread::sleep(Duration::from_millis(300));
-        Self::on(port, dir)
+        Self::on(port, dir, &[])
     }
 }
 
