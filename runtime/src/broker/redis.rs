@@ -714,7 +714,9 @@ impl Broker for RedisBroker {
 
 fn as_string(v: &Value) -> Option<String> {
     match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        // Lossy: a payload that is not UTF-8 must still reach the worker
+        // (and be dead-lettered as malformed), not vanish.
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),
         Value::VerbatimString { text, .. } => Some(text.clone()),
         Value::Int(i) => Some(i.to_string()),
