@@ -1,3 +1,5 @@
+mod c;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -20,16 +22,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .dir
         .canonicalize()
         .with_context(|| format!("no such directory: {}", args.dir.display()))?;
-    let wasm = if dir.join("Cargo.toml").is_file() {
-        build_rust(&dir)?
-    } else {
-        bail!(
-            "don't know how to build {}: expected a Rust task crate (Cargo.toml)",
+    let module = dir
+        .file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .collect::<String>()
+        })
+        .unwrap_or_else(|| "task".into());
+    let wasm = match detect(&dir) {
+        Some(Language::Rust) => build_rust(&dir)?,
+        Some(Language::C) => c::build(&dir, &module)?,
+        None => bail!(
+            "don't know how to build {}: expected a Rust crate (Cargo.toml) or C sources (*.c)",
             dir.display()
-        );
+        ),
     };
     println!("{}", wasm.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Languages `celeriac build` knows, told apart by the files in DIR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Language {
+    Rust,
+    C,
+}
+
+fn detect(dir: &Path) -> Option<Language> {
+    if dir.join("Cargo.toml").is_file() {
+        return Some(Language::Rust);
+    }
+    let has = |ext: &str| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == ext)))
+            .unwrap_or(false)
+    };
+    if has("c") {
+        return Some(Language::C);
+    }
+    None
 }
 
 /// Build the Rust task crate in `dir`; returns the component's path.
