@@ -333,7 +333,15 @@ fn inspect_unsigned_component() {
     assert_eq!(doc["module"], "text");
     assert_eq!(
         doc["tasks"],
-        serde_json::json!(["sha256", "word_count", "upper", "reverse", "stats"])
+        serde_json::json!([
+            "sha256",
+            "word_count",
+            "upper",
+            "reverse",
+            "stats",
+            "eventually",
+            "ascii"
+        ])
     );
     assert_eq!(doc["signature"], serde_json::Value::Null);
     assert_eq!(

@@ -172,6 +172,34 @@ static celeriac_result stats(celeriac_call *c) {
                              count_words(text, len), lines);
 }
 
+/* The text back, once retried `after` times: a transient failure until then. */
+static celeriac_result eventually(celeriac_call *c) {
+    size_t len;
+    const char *text = celeriac_arg_str(c, "text", &len);
+    int64_t after = celeriac_arg_int(c, "after");
+    celeriac_info info = celeriac_task_info();
+    uint32_t retries = info.retries;
+    celeriac_task_info_free(&info);
+    if ((int64_t)retries < after)
+        return celeriac_retry("not yet: attempt %u of %lld", retries + 1, (long long)after + 1);
+    return celeriac_ok_str(text, len);
+}
+
+/* The text back if it is ASCII; a permanent failure naming the first other
+ * character otherwise. */
+static celeriac_result ascii(celeriac_call *c) {
+    size_t len, i = 0, index = 0;
+    const char *text = celeriac_arg_str(c, "text", &len);
+    while (i < len) {
+        size_t start = i;
+        uint32_t cp = next_cp(text, &i);
+        if (cp >= 0x80)
+            return celeriac_fatal("not ASCII: `%.*s` at character %zu", (int)(i - start), text + start, index);
+        index++;
+    }
+    return celeriac_ok_str(text, len);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -205,5 +233,7 @@ CELERIAC_TASKS(
     CELERIAC_TASK(upper, "text"),
     CELERIAC_TASK(reverse, "text"),
     CELERIAC_TASK(stats, "text"),
+    CELERIAC_TASK(eventually, "text", "after"),
+    CELERIAC_TASK(ascii, "text"),
     CELERIAC_TASK(median, "values"),
 )

@@ -1,7 +1,7 @@
 //! `text`: string tasks. The same module exists in every guest language
 //! (see `tasks/*-text`) and all of them must answer identically.
 
-use celeriac_sdk::task;
+use celeriac_sdk::{Error, Result, task};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -48,6 +48,31 @@ pub fn stats(text: String) -> Stats {
     }
 }
 
+/// The text back, once the task has been retried `after` times: a
+/// transient failure until then.
+#[task]
+pub fn eventually(text: String, after: u32) -> Result<String> {
+    let retries = celeriac_sdk::task_info().retries;
+    if retries < after {
+        return Err(Error::retry(format!(
+            "not yet: attempt {} of {}",
+            retries + 1,
+            after + 1
+        )));
+    }
+    Ok(text)
+}
+
+/// The text back if it is ASCII; a permanent failure naming the first
+/// other character otherwise.
+#[task]
+pub fn ascii(text: String) -> Result<String> {
+    match text.chars().enumerate().find(|(_, c)| !c.is_ascii()) {
+        Some((i, c)) => Err(Error::fatal(format!("not ASCII: `{c}` at character {i}"))),
+        None => Ok(text),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
@@ -58,4 +83,4 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-celeriac_sdk::export_tasks!(sha256, word_count, upper, reverse, stats);
+celeriac_sdk::export_tasks!(sha256, word_count, upper, reverse, stats, eventually, ascii);

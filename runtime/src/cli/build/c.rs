@@ -28,13 +28,19 @@ const INSTALL_HINT: &str = "C tasks need clang, lld and wasi-libc; on Debian/Ubu
      (or set CELERIAC_WASI_SYSROOT to a wasi-sdk sysroot and CC to its clang)";
 
 pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
-    let cc = std::env::var("CC").ok().filter(|c| !c.is_empty() && c != "cc").unwrap_or_else(|| "clang".into());
+    let cc = std::env::var("CC")
+        .ok()
+        .filter(|c| !c.is_empty() && c != "cc")
+        .unwrap_or_else(|| "clang".into());
     let sysroot = sysroot();
     if Command::new(&cc).arg("--version").output().is_err() {
         bail!("`{cc}` not found. {INSTALL_HINT}");
     }
     if !sysroot.join("lib/wasm32-wasi/libc.a").is_file() && !sysroot.join("lib/libc.a").is_file() {
-        bail!("wasi-libc not found under {}. {INSTALL_HINT}", sysroot.display());
+        bail!(
+            "wasi-libc not found under {}. {INSTALL_HINT}",
+            sysroot.display()
+        );
     }
 
     let out = dir.join("target/celeriac");
@@ -46,7 +52,9 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
     let pkg = resolve.push_str("task.wit", WIT)?;
     let world = resolve.select_world(&[pkg], Some("task"))?;
     let mut files = wit_bindgen_core::Files::default();
-    wit_bindgen_c::Opts::default().build().generate(&mut resolve, world, &mut files)?;
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world, &mut files)?;
     for (name, contents) in files.iter() {
         std::fs::write(gen_dir.join(name), contents)?;
     }
@@ -63,7 +71,14 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
     }
     let core = out.join(format!("{module}.core.wasm"));
     let status = Command::new(&cc)
-        .args(["--target=wasm32-wasi", "-O2", "-mexec-model=reactor", "-std=c11", "-Wall", "-Werror=implicit-function-declaration"])
+        .args([
+            "--target=wasm32-wasi",
+            "-O2",
+            "-mexec-model=reactor",
+            "-std=c11",
+            "-Wall",
+            "-Werror=implicit-function-declaration",
+        ])
         .arg(format!("--sysroot={}", sysroot.display()))
         .arg("-I")
         .arg(&gen_dir)

@@ -27,7 +27,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|n| {
             n.to_string_lossy()
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect::<String>()
         })
         .unwrap_or_else(|| "task".into());
@@ -56,7 +62,11 @@ fn detect(dir: &Path) -> Option<Language> {
     }
     let has = |ext: &str| {
         std::fs::read_dir(dir)
-            .map(|entries| entries.filter_map(|e| e.ok()).any(|e| e.path().extension().is_some_and(|x| x == ext)))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.path().extension().is_some_and(|x| x == ext))
+            })
             .unwrap_or(false)
     };
     if has("c") {
