@@ -279,12 +279,8 @@ async fn leases_are_renewed_for_long_tasks() {
         &SubmitOptions::default(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let running = client::result(b.as_ref(), &id).await.unwrap().unwrap();
-    assert_eq!(
-        (running.state, running.worker.as_str()),
-        (TaskState::Started, "a")
-    );
+    let running = wait_for_state(b.as_ref(), &id, TaskState::Started).await;
+    assert_eq!(running.worker, "a");
     let other = RunningWorker::start(b.clone(), publisher.trust.clone(), config("b"));
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(
@@ -300,6 +296,19 @@ async fn leases_are_renewed_for_long_tasks() {
         sb.processed
     );
     assert_eq!(r.worker, "a");
+}
+
+/// Poll until the task's record reaches `state` (bounded, not timed).
+async fn wait_for_state(b: &dyn Broker, id: &str, state: TaskState) -> ResultRecord {
+    for _ in 0..2000 {
+        if let Some(r) = client::result(b, id).await.unwrap()
+            && r.state == state
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("task {id} never reached {state:?}");
 }
 
 /// A consumer that takes messages and dies (never acks, never renews):
@@ -624,6 +633,7 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     publisher.upload(b.as_ref(), &["misbehave"]).await;
     let mut config = quick_config("stopper");
     config.concurrency = 1;
+    config.track_started = true;
     let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
     let ids = client::submit_many(
         b.as_ref(),
@@ -634,7 +644,19 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop once one of them is running (whichever got the slot).
+    'started: loop {
+        for id in &ids {
+            if client::result(b.as_ref(), id)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.state == TaskState::Started)
+            {
+                break 'started;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let summary = worker.stop().await;
     assert_eq!(summary.processed, 1);
     assert_eq!(summary.requeued_on_shutdown, 2);

@@ -373,17 +373,15 @@ async fn concurrent_spinners_do_not_starve_others() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let t = Instant::now();
     assert_eq!(
         run(&f, &math, "math", "add", json!([1, 1])).await.unwrap(),
         json!(2)
     );
-    // Not a timing assertion on speed: only that it did not wait for the
-    // spinners' two-second limit.
+    // Ordering, not timing: the add finished while the spinners were still
+    // running, i.e. it did not wait for their two-second limit.
     assert!(
-        t.elapsed() < Duration::from_millis(1500),
-        "starved for {:?}",
-        t.elapsed()
+        spinners.iter().any(|s| !s.is_finished()),
+        "add waited for the spinners"
     );
     for s in spinners {
         assert!(matches!(s.await.unwrap(), Err(TaskError::TimeLimit { .. })));
