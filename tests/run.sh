@@ -24,5 +24,26 @@ if [ -z "${CELERIAC_TEST_REDIS:-}" ] && ! redis_up; then
     redis_up || { echo "redis-server did not start" >&2; exit 1; }
 fi
 
+# Guest toolchains for the polyglot examples, all from the package registries:
+# clang + wasi-libc (Debian) for C, componentize-py (PyPI) for Python,
+# componentize-js + esbuild (npm, per tasks/js-text/package-lock.json) for JS.
+c_ready() {
+    command -v clang >/dev/null && command -v wasm-ld >/dev/null && [ -f /usr/lib/wasm32-wasi/libc.a ] &&
+        ls /usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a >/dev/null 2>&1
+}
+if ! c_ready; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang lld wasi-libc libclang-rt-14-dev-wasm32
+fi
+py_env=target/toolchains/python
+if [ ! -x "$py_env/bin/componentize-py" ]; then
+    python3 -m venv "$py_env"
+    "$py_env/bin/pip" install -q componentize-py==0.25.1
+fi
+export PATH="$PWD/$py_env/bin:$PATH"
+if [ -f tasks/js-text/package.json ] && [ ! -d tasks/js-text/node_modules/@bytecodealliance/componentize-js ]; then
+    (cd tasks/js-text && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 cargo build --release --target wasm32-wasip2 -p math -p text -p misbehave
 cargo test "$@"

@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use wit_component::{ComponentEncoder, StringEncoding};
+use wit_component::ComponentEncoder;
 use wit_parser::Resolve;
 
 /// The contract and the C SDK travel inside the binary, so `celeriac
 /// build` works on a C project anywhere.
-const WIT: &str = include_str!("../../../../wit/task.wit");
 const SDK_H: &str = include_str!("../../../../guest-sdk/c/celeriac.h");
 const SDK_C: &str = include_str!("../../../../guest-sdk/c/celeriac.c");
 
@@ -49,7 +48,7 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
 
     // Bindings for the world, generated fresh each build from the embedded WIT.
     let mut resolve = Resolve::default();
-    let pkg = resolve.push_str("task.wit", WIT)?;
+    let pkg = resolve.push_str("task.wit", super::WIT)?;
     let world = resolve.select_world(&[pkg], Some("task"))?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
@@ -106,6 +105,5 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
         .context("turning the core module into a component")?;
     let wasm = out.join(format!("{module}.wasm"));
     std::fs::write(&wasm, component)?;
-    let _ = StringEncoding::UTF8;
     Ok(wasm)
 }

@@ -1,4 +1,10 @@
 mod c;
+mod js;
+mod python;
+
+/// The task contract, carried inside the binary so `celeriac build` works
+/// on a project anywhere.
+const WIT: &str = include_str!("../../../../wit/task.wit");
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,8 +46,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let wasm = match detect(&dir) {
         Some(Language::Rust) => build_rust(&dir)?,
         Some(Language::C) => c::build(&dir, &module)?,
+        Some(Language::Python) => python::build(&dir, &module)?,
+        Some(Language::JavaScript) => js::build(&dir, &module)?,
         None => bail!(
-            "don't know how to build {}: expected a Rust crate (Cargo.toml) or C sources (*.c)",
+            "don't know how to build {}: expected a Rust crate (Cargo.toml), Python (app.py), \
+             JavaScript (package.json + app.js) or C sources (*.c)",
             dir.display()
         ),
     };
@@ -53,12 +62,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Language {
     Rust,
+    Python,
+    JavaScript,
     C,
 }
 
 fn detect(dir: &Path) -> Option<Language> {
     if dir.join("Cargo.toml").is_file() {
         return Some(Language::Rust);
+    }
+    if dir.join("package.json").is_file() {
+        return Some(Language::JavaScript);
+    }
+    if dir.join("app.py").is_file() {
+        return Some(Language::Python);
     }
     let has = |ext: &str| {
         std::fs::read_dir(dir)
