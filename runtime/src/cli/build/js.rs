@@ -12,9 +12,15 @@ const BUILD_SCRIPT: &str = include_str!("../../../../guest-sdk/js/build.mjs");
 
 pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
     if Command::new("node").arg("--version").output().is_err() {
-        bail!("JavaScript tasks need Node.js 18+ and npm; install them (e.g. apt-get install nodejs npm)");
+        bail!(
+            "JavaScript tasks need Node.js 18+ and npm; install them (e.g. apt-get install nodejs npm)"
+        );
     }
-    if !dir.join("node_modules/@bytecodealliance/componentize-js").is_dir() || !dir.join("node_modules/esbuild").is_dir() {
+    if !dir
+        .join("node_modules/@bytecodealliance/componentize-js")
+        .is_dir()
+        || !dir.join("node_modules/esbuild").is_dir()
+    {
         bail!(
             "JavaScript tasks need @bytecodealliance/componentize-js and esbuild: run `npm install` in {} \
              (list them as devDependencies, as tasks/js-text/package.json does)",
@@ -23,7 +29,10 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
     }
     let entry = dir.join("app.js");
     if !entry.is_file() {
-        bail!("{} has no app.js: a JavaScript task module starts there", dir.display());
+        bail!(
+            "{} has no app.js: a JavaScript task module starts there",
+            dir.display()
+        );
     }
     // The script and SDK go inside DIR so Node finds DIR/node_modules.
     let out = dir.join("target/celeriac");
@@ -43,7 +52,11 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
         .output()
         .context("running node")?;
     if !output.status.success() {
-        eprintln!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         bail!("building {} failed (see above)", dir.display());
     }
     Ok(wasm)

@@ -12,14 +12,18 @@ const SDK: &str = include_str!("../../../../guest-sdk/python/celeriac.py");
 pub(crate) const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
-    let tool = std::env::var("CELERIAC_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into());
+    let tool =
+        std::env::var("CELERIAC_COMPONENTIZE_PY").unwrap_or_else(|_| "componentize-py".into());
     if Command::new(&tool).arg("--version").output().is_err() {
-        bail!("Python tasks need componentize-py (`{tool}` not found); install it with: python3 -m pip install {COMPONENTIZE_PY}");
+        bail!(
+            "Python tasks need componentize-py (`{tool}` not found); install it with: python3 -m pip install {COMPONENTIZE_PY}"
+        );
     }
     let out = dir.join("target/celeriac");
     let gen_dir = out.join("python");
     if gen_dir.exists() {
-        std::fs::remove_dir_all(&gen_dir).with_context(|| format!("cleaning {}", gen_dir.display()))?;
+        std::fs::remove_dir_all(&gen_dir)
+            .with_context(|| format!("cleaning {}", gen_dir.display()))?;
     }
     std::fs::create_dir_all(gen_dir.join("wit"))?;
     std::fs::write(gen_dir.join("wit/task.wit"), super::WIT)?;
@@ -43,7 +47,11 @@ pub(crate) fn build(dir: &Path, module: &str) -> anyhow::Result<PathBuf> {
         .output()
         .with_context(|| format!("running {tool}"))?;
     if !output.status.success() {
-        eprintln!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         bail!("componentize-py failed for {} (see above)", dir.display());
     }
     Ok(wasm)
