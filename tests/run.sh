@@ -12,9 +12,10 @@ fi
 # Queue tests talk to a real Redis (CELERIAC_TEST_REDIS, default the local
 # one) and one test starts redis-server processes of its own.
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-if ! command -v redis-server >/dev/null 2>&1; then
+# (openssl makes the certificates of the TLS test.)
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server openssl
 fi
 redis_up() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
 if [ -z "${CELERIAC_TEST_REDIS:-}" ] && ! redis_up; then

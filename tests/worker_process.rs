@@ -33,6 +33,40 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    fn start_env(
+        broker: &str,
+        prefix: &str,
+        cache: &Path,
+        trust: &Path,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = std::fs::File::create(cache.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args([
+                "worker",
+                "--trust",
+                trust.to_str().unwrap(),
+                "--id",
+                id,
+                "-v",
+            ])
+            .args(extra)
+            .env("CELERIAC_BROKER", broker)
+            .env("CELERIAC_PREFIX", prefix)
+            .env("CELERIAC_CACHE_DIR", cache)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        Self {
+            child,
+            id: id.into(),
+        }
+    }
+
     fn start(
         broker: &str,
         prefix: &str,
@@ -524,6 +558,149 @@ async fn password_urls_authenticate_and_stay_secret() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// `rediss://`: TLS to a Redis whose certificate a private CA signed
+/// (trusted through CELERIAC_REDIS_CA), the full flow across processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_redis_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .current_dir(d)
+            .args(args)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            ok.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=celeriac test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+
+    let port = free_port();
+    let path = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let server = PrivateRedis::on_tls(
+        port,
+        &path("server.pem"),
+        &path("server.key"),
+        &path("ca.pem"),
+    );
+    let url = format!("rediss://localhost:{port}");
+    let ca = path("ca.pem");
+    // Everything over TLS goes through the real binary, with the CA in its
+    // environment (this process's environment is left alone).
+    let cache = tempfile::tempdir().unwrap();
+    let celeriac_tls = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(args)
+            .env("CELERIAC_BROKER", &url)
+            .env("CELERIAC_PREFIX", "tls:")
+            .env("CELERIAC_CACHE_DIR", cache.path())
+            .env("CELERIAC_REDIS_CA", &ca)
+            .output()
+            .unwrap()
+    };
+    let publisher = Publisher::new();
+    let math = publisher.signed_file("math");
+    let trust = publisher.trust_dir();
+    let o = celeriac_tls(&[
+        "upload",
+        math.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut w = WorkerProcess::start_env(
+        &url,
+        "tls:",
+        cache.path(),
+        &trust,
+        "tls-w",
+        &[],
+        &[("CELERIAC_REDIS_CA", &ca)],
+    );
+    let o = celeriac_tls(&[
+        "submit",
+        "math.add",
+        "[40, 2]",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "42\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without the CA the certificate is refused, with a clear error.
+    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .args(["status"])
+        .env("CELERIAC_BROKER", &url)
+        .env_remove("CELERIAC_REDIS_CA")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot reach the broker at rediss://localhost"),
+        "{}",
+        stderr(&o)
+    );
+    w.signal("-TERM");
+    w.exit_within(Duration::from_secs(10)).await;
+    drop(server);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -584,6 +761,51 @@ impl PrivateRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// TLS only (no plain port), clients not asked for certificates.
+    fn on_tls(port: u16, cert: &str, key: &str, ca: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+            ])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server

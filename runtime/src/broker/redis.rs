@@ -74,10 +74,32 @@ impl RedisBroker {
         // rustls needs a process-wide crypto provider for rediss://. A second
         // install attempt fails harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::open(url).map_err(|e| BrokerError::Url {
+        let url_err = |e: RedisError| BrokerError::Url {
             url: redact(url),
             reason: e.to_string(),
-        })?;
+        };
+        // A Redis behind a private CA: trust that CA (PEM file) instead of
+        // the system roots.
+        let client = match std::env::var_os("CELERIAC_REDIS_CA") {
+            Some(ca) if url.starts_with("rediss://") => {
+                let pem = std::fs::read(&ca).map_err(|e| BrokerError::Url {
+                    url: redact(url),
+                    reason: format!(
+                        "CELERIAC_REDIS_CA {}: {e}",
+                        std::path::Path::new(&ca).display()
+                    ),
+                })?;
+                Client::build_with_tls(
+                    url,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+                .map_err(url_err)?
+            }
+            _ => Client::open(url).map_err(url_err)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)))
