@@ -56,6 +56,7 @@ impl WorkerProcess {
             .env("CELERIAC_BROKER", broker)
             .env("CELERIAC_PREFIX", prefix)
             .env("CELERIAC_CACHE_DIR", cache)
+            .env("CELERIAC_LOG_FORMAT", "text")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -75,29 +76,7 @@ impl WorkerProcess {
         id: &str,
         extra: &[&str],
     ) -> Self {
-        let log = std::fs::File::create(cache.join(format!("{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args([
-                "worker",
-                "--trust",
-                trust.to_str().unwrap(),
-                "--id",
-                id,
-                "-v",
-            ])
-            .args(extra)
-            .env("CELERIAC_BROKER", broker)
-            .env("CELERIAC_PREFIX", prefix)
-            .env("CELERIAC_CACHE_DIR", cache)
-            .env("CELERIAC_LOG_FORMAT", "text")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start worker");
-        Self {
-            child,
-            id: id.into(),
-        }
+        Self::start_env(broker, prefix, cache, trust, id, extra, &[])
     }
 
     /// Wait until its heartbeat shows in the broker.

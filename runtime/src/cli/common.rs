@@ -68,6 +68,32 @@ impl BrokerArgs {
     }
 }
 
+/// Read ARGS_JSON and --kwargs as given on the command line: a JSON array
+/// and a JSON object, with a message naming the flag when they are not.
+pub fn parse_call_json(
+    args: &str,
+    kwargs: &str,
+) -> anyhow::Result<(
+    Vec<serde_json::Value>,
+    serde_json::Map<String, serde_json::Value>,
+)> {
+    use anyhow::Context;
+    use serde_json::Value;
+    const ARRAY: &str = "a JSON array, e.g. '[2, 3]'";
+    const OBJECT: &str = "a JSON object, e.g. '{\"b\": 3}'";
+    let positional: Value = serde_json::from_str(args)
+        .with_context(|| format!("ARGS_JSON is not valid JSON: expected {ARRAY}"))?;
+    let Value::Array(positional) = positional else {
+        anyhow::bail!("ARGS_JSON must be {ARRAY}");
+    };
+    let named: Value = serde_json::from_str(kwargs)
+        .with_context(|| format!("--kwargs is not valid JSON: expected {OBJECT}"))?;
+    let Value::Object(named) = named else {
+        anyhow::bail!("--kwargs must be {OBJECT}");
+    };
+    Ok((positional, named))
+}
+
 /// Print a final record the way `celeriac run` prints an outcome: the JSON
 /// result on stdout, or one line naming the cause on stderr. Returns the
 /// exit code.

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use super::common::LimitArgs;
+use super::common::{LimitArgs, parse_call_json};
 use super::component::open;
 use super::{exit, one_line, runtime};
 use crate::sandbox::{Sandbox, SandboxConfig, TaskCall};
@@ -34,18 +34,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_json(
-        &args.args,
-        "ARGS_JSON",
-        serde_json::Value::is_array,
-        "a JSON array, e.g. '[2, 3]'",
-    )?;
-    check_json(
-        &args.kwargs,
-        "--kwargs",
-        serde_json::Value::is_object,
-        "a JSON object, e.g. '{\"b\": 3}'",
-    )?;
+    parse_call_json(&args.args, &args.kwargs)?;
     let limits = args.limits.limits()?;
 
     let file = match open(&args.component, args.trust.as_deref(), args.sig.as_deref())? {
@@ -102,18 +91,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(exit::TASK_FAILED))
         }
     }
-}
-
-fn check_json(
-    text: &str,
-    what: &str,
-    shape: fn(&serde_json::Value) -> bool,
-    expected: &str,
-) -> anyhow::Result<()> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .with_context(|| format!("{what} is not valid JSON: expected {expected}"))?;
-    if !shape(&value) {
-        bail!("{what} must be {expected}");
-    }
-    Ok(())
 }

@@ -1,10 +1,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
-use serde_json::Value;
-
-use super::common::{BrokerArgs, print_outcome};
+use super::common::{BrokerArgs, parse_call_json, print_outcome};
 use super::{exit, runtime};
 use crate::broker::MessageLimits;
 use crate::client::{SubmitOptions, TaskRequest, submit, wait};
@@ -69,16 +66,7 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let positional: Value = serde_json::from_str(&args.args)
-        .context("ARGS_JSON is not valid JSON: expected a JSON array, e.g. '[2, 3]'")?;
-    let Value::Array(positional) = positional else {
-        bail!("ARGS_JSON must be a JSON array, e.g. '[2, 3]'");
-    };
-    let kwargs: Value = serde_json::from_str(&args.kwargs)
-        .context("--kwargs is not valid JSON: expected a JSON object")?;
-    let Value::Object(kwargs) = kwargs else {
-        bail!("--kwargs must be a JSON object, e.g. '{{\"b\": 3}}'");
-    };
+    let (positional, kwargs) = parse_call_json(&args.args, &args.kwargs)?;
     let now = SystemTime::now();
     let options = SubmitOptions {
         queue: args.queue.clone(),

@@ -83,12 +83,20 @@ impl Default for WorkerConfig {
 
 /// `host-pid-xxxx`: unique per process, readable in `celeriac status`.
 pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!(
+        "{}-{}-{:04x}",
+        hostname(),
+        std::process::id(),
+        fastrand::u16(..)
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+        .unwrap_or_else(|| "host".into())
 }
 
 /// Counters a finished worker reports.
@@ -108,6 +116,7 @@ pub struct Worker {
     busy: AtomicU32,
     processed: AtomicU64,
     started_at: u64,
+    host: String,
 }
 
 impl Worker {
@@ -126,6 +135,7 @@ impl Worker {
             busy: AtomicU32::new(0),
             processed: AtomicU64::new(0),
             started_at: now_ms(),
+            host: hostname(),
         })
     }
 
@@ -361,7 +371,7 @@ impl Worker {
             tracing::warn!(%reason, "dead-lettering poison message");
             metrics::task_finished(&msg.task, "DEAD");
             return done(
-                Some(self.failure(&msg, "poison", &reason, None)),
+                Some(self.failure(&msg, "poison", &reason)),
                 Disposition::DeadLetter { reason },
             );
         }
@@ -371,7 +381,7 @@ impl Worker {
             let reason = format!("expired {} ms before it could run", now - expires);
             tracing::info!(%reason, "revoked");
             metrics::task_finished(&msg.task, "REVOKED");
-            let mut record = self.failure(&msg, "expired", &reason, None);
+            let mut record = self.failure(&msg, "expired", &reason);
             record.state = TaskState::Revoked;
             return done(Some(record), Disposition::Ack);
         }
@@ -393,7 +403,7 @@ impl Worker {
             Err(e) => {
                 let reason = e.to_string();
                 return done(
-                    Some(self.failure(&msg, "malformed", &reason, None)),
+                    Some(self.failure(&msg, "malformed", &reason)),
                     Disposition::DeadLetter { reason },
                 );
             }
@@ -410,7 +420,7 @@ impl Worker {
                 tracing::warn!(%reason, "dead-lettering: component refused");
                 metrics::task_finished(&msg.task, "DEAD");
                 return done(
-                    Some(self.failure(&msg, "refused", &reason, None)),
+                    Some(self.failure(&msg, "refused", &reason)),
                     Disposition::DeadLetter { reason },
                 );
             }
@@ -421,7 +431,7 @@ impl Worker {
                 msg.digest, component.module, msg.task
             );
             return done(
-                Some(self.failure(&msg, "refused", &reason, None)),
+                Some(self.failure(&msg, "refused", &reason)),
                 Disposition::DeadLetter { reason },
             );
         }
@@ -438,11 +448,11 @@ impl Worker {
         let limits = self.limits_for(&msg);
         let started_at = now_ms();
         if self.config.track_started && !msg.ignore_result {
-            let mut started = self.failure(&msg, "", "", None);
-            started.state = TaskState::Started;
-            started.error = None;
-            started.finished_at = None;
-            started.started_at = Some(started_at);
+            let started = ResultRecord {
+                started_at: Some(started_at),
+                finished_at: None,
+                ..self.record(&msg, TaskState::Started)
+            };
             if let Err(e) = self
                 .broker
                 .set_result(&self.result_write(&started, msg.result_ttl))
@@ -455,20 +465,10 @@ impl Worker {
         self.processed.fetch_add(1, Ordering::Relaxed);
         metrics::task_ran(&msg.task, report.elapsed, report.fuel_consumed);
         let mut record = ResultRecord {
-            id: msg.id.clone(),
-            task: msg.task.clone(),
-            state: TaskState::Success,
-            result: None,
-            error: None,
-            retries: msg.retries,
             runtime_ms: report.elapsed.as_secs_f64() * 1e3,
             fuel: report.fuel_consumed,
-            worker: self.config.id.clone(),
-            queue: msg.queue.clone(),
-            submitted_at: msg.submitted_at,
             started_at: Some(started_at),
-            finished_at: Some(now_ms()),
-            retry_at: None,
+            ..self.record(&msg, TaskState::Success)
         };
         match report.result {
             Ok(json) => match serde_json::from_str::<Value>(&json) {
@@ -556,24 +556,16 @@ impl Worker {
         }
     }
 
-    fn failure(
-        &self,
-        msg: &TaskMessage,
-        kind: &str,
-        message: &str,
-        runtime: Option<Duration>,
-    ) -> ResultRecord {
+    /// The record of `msg` in `state`, stamped by this worker now.
+    fn record(&self, msg: &TaskMessage, state: TaskState) -> ResultRecord {
         ResultRecord {
             id: msg.id.clone(),
             task: msg.task.clone(),
-            state: TaskState::Failure,
+            state,
             result: None,
-            error: Some(ErrorInfo {
-                kind: kind.into(),
-                message: message.into(),
-            }),
+            error: None,
             retries: msg.retries,
-            runtime_ms: runtime.map_or(0.0, |r| r.as_secs_f64() * 1e3),
+            runtime_ms: 0.0,
             fuel: None,
             worker: self.config.id.clone(),
             queue: msg.queue.clone(),
@@ -581,6 +573,16 @@ impl Worker {
             started_at: None,
             finished_at: Some(now_ms()),
             retry_at: None,
+        }
+    }
+
+    fn failure(&self, msg: &TaskMessage, kind: &str, message: &str) -> ResultRecord {
+        ResultRecord {
+            error: Some(ErrorInfo {
+                kind: kind.into(),
+                message: message.into(),
+            }),
+            ..self.record(msg, TaskState::Failure)
         }
     }
 
@@ -658,7 +660,7 @@ impl Worker {
                 _ = beat.tick() => {
                     let info = WorkerInfo {
                         id: self.config.id.clone(),
-                        host: self.config.id.rsplitn(3, '-').nth(2).unwrap_or_default().to_string(),
+                        host: self.host.clone(),
                         pid: std::process::id(),
                         queues: self.config.queues.clone(),
                         concurrency: self.config.concurrency,
