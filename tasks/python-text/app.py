@@ -1,11 +1,14 @@
 """`text`: string tasks, answering exactly like the Rust tasks/text module,
-plus two that lean on Python's standard library (re, collections)."""
+plus two that lean on Python's standard library (re, collections) and
+`fib`, the CPU-bound task bench/compare runs on Celery from the same source."""
 
 import hashlib
 import re
 from collections import Counter
 
 from celeriac import Fatal, InvalidInput, Retry, log, progress, should_stop, task, task_info
+
+import cpu
 
 # Rust's split_whitespace() uses Unicode White_Space; Python's str.split()
 # also splits on U+001C..U+001F, which Rust keeps inside words.
@@ -106,3 +109,11 @@ def ascii(text: str) -> str:
         if ord(ch) >= 0x80:
             raise Fatal(f"not ASCII: `{ch}` at character {i}")
     return text
+
+
+@task
+def fib(n: int) -> int:
+    """The n-th Fibonacci number, naively (the same-code benchmark; see cpu.py)."""
+    if not 0 <= n <= 35:
+        raise InvalidInput(f"n must be between 0 and 35, got {n}")
+    return cpu.fib(n)

@@ -1,0 +1,33 @@
+"""Draw bench/results/latest.png from latest.json (written by bench/compare):
+one panel per measure, Celery beside Celeriac, the Redis ceiling dashed."""
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+rows = json.load(open(sys.argv[1]))
+fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 4.2))
+for ax, r in zip(axes, rows):
+    scale, unit = (1, "tasks/s") if r["unit"] == "tasks/s" else (1e3, "ms")
+    vals = [r["celery"] * scale, r["celeriac"] * scale]
+    bars = ax.bar(["Celery", "Celeriac"], vals, color=["#a6a6a6", "#3b7d3b"])
+    for b, v in zip(bars, vals):
+        ax.annotate(f"{v:,.0f}" if v >= 100 else f"{v:.2f}", (b.get_x() + b.get_width() / 2, v),
+                    ha="center", va="bottom", fontsize=8)
+    if r.get("ceiling"):
+        ax.axhline(r["ceiling"] * scale, color="#c0392b", ls="--", lw=1, label="Redis ceiling")
+    better = "higher" if r["higher_is_better"] else "lower"
+    ax.set_title(f"{r['workload']}\n{r['metric']}: {r['advantage']:.1f}×", fontsize=9)
+    ax.set_ylabel(f"{unit} ({better} is better)", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.set_ylim(0, max(vals + [r["ceiling"] * scale if r.get("ceiling") and r["higher_is_better"] else 0]) * 1.15)
+handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]][:1]
+if handles:
+    fig.legend(handles, ["Redis ceiling"], loc="lower center", fontsize=8, frameon=False)
+fig.suptitle("Celeriac vs Celery: same Redis, 2 worker slots each, acks late, results stored", fontsize=10)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
+fig.savefig(sys.argv[2], dpi=110)

@@ -1,0 +1,111 @@
+"""Producer side of one bench/compare workload on Celery; prints one JSON
+object: elapsed seconds (first submit to last result), submit seconds, and
+per-task latencies in microseconds for the latency workload.
+
+    python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES
+"""
+
+import hashlib
+import json
+import random
+import string
+import sys
+import time
+
+import celery
+import redis
+
+from bench_app import PREFIX, QUEUE, REDIS, add, app, fib, sha256
+
+r = redis.Redis.from_url(REDIS)
+
+
+def drained():
+    # Kombu's Redis transport keeps waiting messages in a list named after
+    # the queue and delivered, unacknowledged ones in the `unacked` hash; with
+    # acks late a message leaves `unacked` only after its result is stored.
+    with r.pipeline() as p:
+        p.llen(PREFIX + QUEUE)
+        p.hlen(PREFIX + "unacked")
+        ready, held = p.execute()
+    return ready == 0 and held == 0
+
+
+def missing(ids, check):
+    """Indexes whose stored result is absent or wrong."""
+    keys = [f"{PREFIX}celery-task-meta-{i}" for i in ids]
+    bad = []
+    for start in range(0, len(keys), 1000):
+        for j, raw in enumerate(r.mget(keys[start : start + 1000])):
+            k = start + j
+            meta = json.loads(raw) if raw else None
+            if not meta or meta.get("status") != "SUCCESS" or not check(k, meta.get("result")):
+                bad.append(k)
+    return bad
+
+
+def bulk(task, arglists, check):
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        ids = [task.apply_async(args, producer=producer).id for args in arglists]
+    submitted = time.perf_counter() - started
+    deadline = time.monotonic() + 600
+    while True:
+        # A message between BRPOP and `unacked` looks drained for an instant:
+        # confirm with the results before stopping the clock.
+        if drained():
+            elapsed = time.perf_counter() - started
+            bad = missing(ids, check)
+            if not bad:
+                return {"elapsed_s": elapsed, "submit_s": submitted}
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out; e.g. task {bad[:5]} has no correct result")
+        time.sleep(0.002)
+
+
+def main():
+    what = sys.argv[1]
+    if what == "warmup":
+        # Blocks until the worker is up; answers the versions for the report.
+        assert add.delay(1, 2).get(timeout=120) == 3
+        out = {"celery": celery.__version__, "python": sys.version.split()[0]}
+    elif what == "noop":
+        n = int(sys.argv[2])
+        out = bulk(add, [(i, i) for i in range(n)], lambda k, v: v == 2 * k)
+    elif what == "latency":
+        samples = []
+        for i in range(int(sys.argv[2])):
+            t = time.perf_counter()
+            v = add.delay(i, i).get(timeout=10)
+            samples.append((time.perf_counter() - t) * 1e6)
+            assert v == 2 * i, f"task {i}: {v}"
+        out = {"elapsed_s": sum(samples) / 1e6, "samples_us": samples}
+    elif what == "cpu":
+        n, arg = int(sys.argv[2]), int(sys.argv[3])
+        want = cpu_fib(arg)
+        out = bulk(fib, [(arg,)] * n, lambda k, v: v == want)
+    elif what == "payload":
+        n, size = int(sys.argv[2]), int(sys.argv[3])
+        texts = payloads(n, size)
+        want = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        out = bulk(sha256, [(t,) for t in texts], lambda k, v: v == want[k])
+    else:
+        sys.exit(f"unknown workload {what!r}")
+    print(json.dumps(out))
+
+
+def cpu_fib(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def payloads(n, size):
+    # Distinct inputs (numbered), random letters so nothing compresses away.
+    base = "".join(random.choices(string.ascii_letters, k=size))
+    return [f"{i:08d}" + base[8:] for i in range(n)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,902 @@
+//! Celeriac against Celery, side by side on one Redis, one machine, two
+//! worker slots each (Celery prefork `-c 2`, Celeriac `--concurrency 2`),
+//! acks late and results stored on both. Run it through `bench/compare`,
+//! which installs Celery and the toolchains first:
+//!
+//!     bash bench/compare            # every workload; writes bench/results/
+//!     bash bench/compare --quick    # a tenth of the tasks, writes nothing
+//!
+//! Each workload starts fresh workers for both systems, warms them up,
+//! resets their peak-RSS counters, runs, checks every result, and stops
+//! them. Beside them, the Redis ceiling: the same number of messages
+//! through raw pipelined LPUSH/RPOP (or a BLPOP ping-pong for latency).
+//! All keys live under a private prefix, deleted at the end.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use celeriac::broker::{self, Broker};
+use celeriac::client::{self, SubmitOptions, TaskRequest};
+use celeriac::results::TaskState;
+use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
+use celeriac_bench::{Stats, build_examples, fmt};
+use clap::{Parser, ValueEnum};
+use redis::Commands as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+#[derive(Parser)]
+#[command(about = "Celeriac vs Celery on the same Redis (run via bench/compare)")]
+struct Args {
+    /// Redis both systems use.
+    #[arg(long, env = "BENCH_REDIS", default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Python with Celery installed (default: the venv bench/compare makes).
+    #[arg(long, env = "BENCH_PYTHON")]
+    python: Option<PathBuf>,
+    /// Run only these workloads (comma-separated); writes no results.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Workload>,
+    /// A tenth of the tasks, for a smoke test; writes no results.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Debug)]
+#[serde(rename_all = "kebab-case")]
+enum Workload {
+    Noop,
+    Latency,
+    Cpu,
+    Payload,
+    SameCode,
+}
+
+const ALL: [Workload; 5] = [
+    Workload::Noop,
+    Workload::Latency,
+    Workload::Cpu,
+    Workload::Payload,
+    Workload::SameCode,
+];
+const FIB_N: u64 = 27;
+const FIB_27: u64 = 196_418;
+const PAYLOAD_BYTES: usize = 64 * 1024;
+const SLOTS: &str = "2";
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Noop => "noop",
+            Self::Latency => "latency",
+            Self::Cpu => "cpu",
+            Self::Payload => "payload",
+            Self::SameCode => "same-code",
+        }
+    }
+
+    fn tasks(self, quick: bool) -> usize {
+        let n = match self {
+            Self::Noop => 20_000,
+            Self::Latency => 1_000,
+            Self::Cpu | Self::SameCode => 200,
+            Self::Payload => 2_000,
+        };
+        if quick { n / 10 } else { n }
+    }
+
+    fn describe(self, n: usize) -> String {
+        match self {
+            Self::Noop => format!("{n} × add(i, i), bulk"),
+            Self::Latency => format!("{n} × add(i, i), one at a time"),
+            Self::Cpu => format!("{n} × fib({FIB_N}); Celeriac in Rust"),
+            Self::Payload => format!("{n} × sha256 of 64 KiB"),
+            Self::SameCode => format!("{n} × fib({FIB_N}); the same Python on both"),
+        }
+    }
+}
+
+/// What one system did in one workload.
+struct Run {
+    elapsed: Duration,
+    /// Per-task latencies (latency workload only).
+    samples: Vec<Duration>,
+    mem: Mem,
+}
+
+#[derive(Clone, Copy, Default, Serialize)]
+struct Mem {
+    /// Sum of the worker processes' peak RSS (VmHWM) during the workload.
+    rss_kib: u64,
+    /// Highest sampled sum of their PSS: shared pages split between the
+    /// processes sharing them (fairer to a forking pool).
+    pss_kib: u64,
+}
+
+#[derive(Serialize)]
+struct Row {
+    workload: Workload,
+    what: String,
+    metric: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    celery: f64,
+    celeriac: f64,
+    /// How many times better Celeriac is (above 1: better).
+    advantage: f64,
+    ceiling: Option<f64>,
+    celery_mem: Mem,
+    celeriac_mem: Mem,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has no parent")?
+        .to_path_buf();
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| root.join("target/toolchains/python/bin/python"));
+    ensure!(
+        python.is_file(),
+        "no Python at {} (bash bench/compare installs one with Celery)",
+        python.display()
+    );
+    let celeriac_bin = std::env::current_exe()?
+        .parent()
+        .context("binary has no directory")?
+        .join("celeriac");
+    ensure!(
+        celeriac_bin.is_file(),
+        "{} is missing: build it with cargo build --release -p celeriac",
+        celeriac_bin.display()
+    );
+    let workloads: Vec<Workload> = if args.only.is_empty() {
+        ALL.to_vec()
+    } else {
+        ALL.into_iter().filter(|w| args.only.contains(w)).collect()
+    };
+
+    eprintln!("building the example components…");
+    let wasm_dir = build_examples()?;
+    let py_wasm = build_python_example(&root, &celeriac_bin, &python)?;
+
+    let run_id = format!("compare-{}", std::process::id());
+    let env = Env {
+        redis: args.redis.clone(),
+        python,
+        celeriac_bin,
+        celery_dir: root.join("bench/celery"),
+        celery_prefix: format!("{run_id}:celery:"),
+        celeriac_prefix: format!("{run_id}:celeriac:"),
+        scratch: tempfile::tempdir()?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(run_all(&env, &workloads, args.quick, &wasm_dir, &py_wasm));
+    cleanup(&args.redis, &format!("{run_id}:"));
+    let (rows, versions) = outcome?;
+
+    let report = report(&rows, &versions, &env.redis);
+    println!("{report}");
+    if args.only.is_empty() && !args.quick {
+        write_results(&root, &env, &rows, &report)?;
+    }
+    Ok(())
+}
+
+struct Env {
+    redis: String,
+    python: PathBuf,
+    celeriac_bin: PathBuf,
+    celery_dir: PathBuf,
+    celery_prefix: String,
+    celeriac_prefix: String,
+    /// Keys, trust directory, compiled-code cache, worker logs.
+    scratch: tempfile::TempDir,
+}
+
+/// The Python example (tasks/python-text), built by the real CLI with
+/// componentize-py from the same venv.
+fn build_python_example(root: &Path, celeriac: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let bin = python.parent().context("python has no directory")?;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(celeriac)
+        .arg("build")
+        .arg(root.join("tasks/python-text"))
+        .env("PATH", path)
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(out.status.success(), "celeriac build tasks/python-text failed");
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+async fn run_all(
+    env: &Env,
+    workloads: &[Workload],
+    quick: bool,
+    wasm_dir: &Path,
+    py_wasm: &Path,
+) -> anyhow::Result<(Vec<Row>, Value)> {
+    let broker = broker::connect(&env.redis, &env.celeriac_prefix).await?;
+    let trust_dir = env.scratch.path().join("trust");
+    std::fs::create_dir_all(&trust_dir)?;
+    let (secret, public, _) = generate_keypair(&trust_dir.join("bench"))?;
+    // The trust directory holds only the public key.
+    let secret_path = env.scratch.path().join("bench.key");
+    std::fs::rename(&secret, &secret_path)?;
+    let key = KeyPair::load(&secret_path)?;
+    let trust = TrustStore::from_keys([PublicKey::load(&public)?]);
+    for (module, path) in [
+        ("math", wasm_dir.join("math.wasm")),
+        ("text", wasm_dir.join("text.wasm")),
+        ("py", py_wasm.to_path_buf()),
+    ] {
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let sig = sign_component(&bytes, &key, module)?;
+        celeriac::registry::upload(broker.as_ref(), &bytes, &sig, &trust).await?;
+    }
+
+    let redis_version = redis_info(&env.redis, "redis_version").await?;
+    let mut versions = json!({ "redis": redis_version });
+    let mut rows = Vec::new();
+    for &w in workloads {
+        let n = w.tasks(quick);
+        eprintln!("{}: {} on Celery…", w.name(), w.describe(n));
+        let (celery, celery_versions) = celery_run(env, w, n)?;
+        versions["celery"] = celery_versions["celery"].clone();
+        versions["python"] = celery_versions["python"].clone();
+        eprintln!("{}: on Celeriac…", w.name());
+        let celeriac = celeriac_run(env, broker.as_ref(), &trust_dir, w, n).await?;
+        eprintln!("{}: Redis ceiling…", w.name());
+        rows.extend(rows_for(env, w, n, celery, celeriac).await?);
+    }
+    Ok((rows, versions))
+}
+
+async fn rows_for(
+    env: &Env,
+    w: Workload,
+    n: usize,
+    celery: Run,
+    celeriac: Run,
+) -> anyhow::Result<Vec<Row>> {
+    let row = |metric, unit, higher: bool, a: f64, b: f64, ceiling| Row {
+        workload: w,
+        what: w.describe(n),
+        metric,
+        unit,
+        higher_is_better: higher,
+        celery: a,
+        celeriac: b,
+        advantage: if higher { b / a } else { a / b },
+        ceiling,
+        celery_mem: celery.mem,
+        celeriac_mem: celeriac.mem,
+    };
+    let rate = |r: &Run| n as f64 / r.elapsed.as_secs_f64();
+    let key = format!("{}ceiling", env.celeriac_prefix);
+    Ok(match w {
+        Workload::Noop | Workload::Payload => {
+            let size = if w == Workload::Noop {
+                256
+            } else {
+                PAYLOAD_BYTES
+            };
+            let ceiling = ceiling_throughput(&env.redis, &key, n, size).await?;
+            vec![row(
+                "throughput",
+                "tasks/s",
+                true,
+                rate(&celery),
+                rate(&celeriac),
+                Some(ceiling),
+            )]
+        }
+        Workload::Latency => {
+            let ceiling = Stats::of(ceiling_latency(&env.redis, &key, n).await?);
+            let (a, b) = (Stats::of(celery.samples), Stats::of(celeriac.samples));
+            let s = |d: Duration| d.as_secs_f64();
+            vec![
+                row(
+                    "latency p50",
+                    "s",
+                    false,
+                    s(a.p50),
+                    s(b.p50),
+                    Some(s(ceiling.p50)),
+                ),
+                row(
+                    "latency p99",
+                    "s",
+                    false,
+                    s(a.p99),
+                    s(b.p99),
+                    Some(s(ceiling.p99)),
+                ),
+            ]
+        }
+        Workload::Cpu | Workload::SameCode => vec![row(
+            "total time",
+            "s",
+            false,
+            celery.elapsed.as_secs_f64(),
+            celeriac.elapsed.as_secs_f64(),
+            None,
+        )],
+    })
+}
+
+// ---------------------------------------------------------------------
+// Celery: a prefork worker, and bench/celery/driver.py as the producer.
+
+fn celery_run(env: &Env, w: Workload, n: usize) -> anyhow::Result<(Run, Value)> {
+    let log = std::fs::File::create(env.scratch.path().join(format!("celery-{}.log", w.name())))?;
+    let worker = Command::new(&env.python)
+        .args(["-m", "celery", "-A", "bench_app", "worker", "-P", "prefork"])
+        .args(["-c", SLOTS, "--without-gossip", "--without-mingle"])
+        .args(["--without-heartbeat", "-l", "WARNING"])
+        .current_dir(&env.celery_dir)
+        .envs(celery_env(env))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the Celery worker")?;
+    let worker = Worker(worker);
+    let versions = driver(env, &["warmup".into()])?;
+    let watch = MemWatch::start(worker.0.id());
+    let args: Vec<String> = match w {
+        Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
+        Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
+        Workload::Payload => vec![
+            "payload".into(),
+            n.to_string(),
+            PAYLOAD_BYTES.to_string(),
+        ],
+    };
+    let out = driver(env, &args)?;
+    let mem = watch.stop();
+    drop(worker);
+    let elapsed = Duration::from_secs_f64(out["elapsed_s"].as_f64().context("no elapsed_s")?);
+    let samples = out["samples_us"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(|us| Duration::from_secs_f64(us / 1e6))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((
+        Run {
+            elapsed,
+            samples,
+            mem,
+        },
+        versions,
+    ))
+}
+
+fn celery_env(env: &Env) -> [(&'static str, String); 3] {
+    [
+        ("BENCH_REDIS", env.redis.clone()),
+        ("BENCH_PREFIX", env.celery_prefix.clone()),
+        ("BENCH_QUEUE", "bench".into()),
+    ]
+}
+
+fn driver(env: &Env, args: &[String]) -> anyhow::Result<Value> {
+    let out = Command::new(&env.python)
+        .arg("driver.py")
+        .args(args)
+        .current_dir(&env.celery_dir)
+        .envs(celery_env(env))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("run bench/celery/driver.py")?;
+    ensure!(out.status.success(), "driver.py {args:?} failed");
+    serde_json::from_slice(&out.stdout).context("driver.py printed no JSON")
+}
+
+// ---------------------------------------------------------------------
+// Celeriac: the real `celeriac worker` binary; this process produces.
+
+async fn celeriac_run(
+    env: &Env,
+    broker: &dyn Broker,
+    trust_dir: &Path,
+    w: Workload,
+    n: usize,
+) -> anyhow::Result<Run> {
+    let log = std::fs::File::create(env.scratch.path().join(format!("celeriac-{}.log", w.name())))?;
+    let worker = Command::new(&env.celeriac_bin)
+        .arg("worker")
+        .arg("--trust")
+        .arg(trust_dir)
+        .args(["--concurrency", SLOTS, "--broker", &env.redis])
+        .args(["--prefix", &env.celeriac_prefix])
+        .env("CELERIAC_CACHE_DIR", env.scratch.path().join("cache"))
+        .env("CELERIAC_LOG", "warn")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the Celeriac worker")?;
+    let worker = Worker(worker);
+    let opts = SubmitOptions::default();
+    // Warm up with the workload's own component: the first run of a
+    // module compiles it (or loads it from the on-disk cache).
+    let warm = match w {
+        Workload::SameCode => call("py.fib", json!([1])),
+        Workload::Cpu => call("math.fib", json!([1])),
+        Workload::Payload => call("text.sha256", json!(["warm"])),
+        Workload::Noop | Workload::Latency => call("math.add", json!([1, 2])),
+    };
+    let id = client::submit(broker, warm, &opts).await?;
+    let r = client::wait(broker, &id, Duration::from_secs(120)).await?;
+    ensure!(
+        r.is_some_and(|r| r.state == TaskState::Success),
+        "Celeriac warm-up failed (see the worker log)"
+    );
+
+    let watch = MemWatch::start(worker.0.id());
+    let mut samples = Vec::new();
+    let elapsed = match w {
+        Workload::Noop => {
+            let reqs = (0..n).map(|i| call("math.add", json!([i, i]))).collect();
+            bulk(broker, reqs, 1000, |i, v| v == &json!(2 * i)).await?
+        }
+        Workload::Latency => {
+            let started = Instant::now();
+            for i in 0..n {
+                let t = Instant::now();
+                let id = client::submit(broker, call("math.add", json!([i, i])), &opts).await?;
+                let r = client::wait(broker, &id, Duration::from_secs(10)).await?;
+                samples.push(t.elapsed());
+                ensure!(
+                    r.is_some_and(|r| r.result == Some(json!(2 * i))),
+                    "task {i} failed"
+                );
+            }
+            started.elapsed()
+        }
+        Workload::Cpu | Workload::SameCode => {
+            let task = if w == Workload::Cpu {
+                "math.fib"
+            } else {
+                "py.fib"
+            };
+            let reqs = (0..n).map(|_| call(task, json!([FIB_N]))).collect();
+            bulk(broker, reqs, 1000, |_, v| v == &json!(FIB_27)).await?
+        }
+        Workload::Payload => {
+            let texts = payloads(n, PAYLOAD_BYTES);
+            let want: Vec<Value> = texts
+                .iter()
+                .map(|t| json!(hex::encode(Sha256::digest(t.as_bytes()))))
+                .collect();
+            let reqs = texts
+                .into_iter()
+                .map(|t| call("text.sha256", json!([t])))
+                .collect();
+            bulk(broker, reqs, 100, |i, v| v == &want[i]).await?
+        }
+    };
+    let mem = watch.stop();
+    drop(worker);
+    Ok(Run {
+        elapsed,
+        samples,
+        mem,
+    })
+}
+
+fn call(task: &str, args: Value) -> TaskRequest {
+    TaskRequest {
+        task: task.into(),
+        args: args.as_array().cloned().unwrap_or_default(),
+        kwargs: Default::default(),
+    }
+}
+
+/// Submit in batches, wait until the queue is drained (the ack and the
+/// result are one transaction), then check every result (untimed).
+async fn bulk(
+    broker: &dyn Broker,
+    requests: Vec<TaskRequest>,
+    batch: usize,
+    check: impl Fn(usize, &Value) -> bool,
+) -> anyhow::Result<Duration> {
+    let opts = SubmitOptions::default();
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(requests.len());
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let chunk: Vec<_> = requests.by_ref().take(batch).collect();
+        ids.extend(client::submit_many(broker, chunk, &opts).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let s = broker.queue_stats("default").await?;
+        if s.ready == 0 && s.in_flight == 0 && s.delayed == 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "queue did not drain: {s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    for (i, id) in ids.iter().enumerate() {
+        let r = client::result(broker, id).await?;
+        match r {
+            Some(r) if r.state == TaskState::Success && r.result.as_ref().is_some_and(|v| check(i, v)) => {}
+            other => bail!("task {i} ({id}): {other:?}"),
+        }
+    }
+    Ok(elapsed)
+}
+
+/// Distinct inputs (numbered), random letters so nothing compresses away;
+/// the same shape driver.py sends Celery.
+fn payloads(n: usize, size: usize) -> Vec<String> {
+    let base: String = (0..size).map(|_| fastrand::alphanumeric()).collect();
+    (0..n).map(|i| format!("{i:08}{}", &base[8..])).collect()
+}
+
+// ---------------------------------------------------------------------
+// The Redis ceiling.
+
+/// `n` messages of `size` bytes through one list: a producer pipelining
+/// LPUSH, a consumer on its own connection taking RPOP batches.
+async fn ceiling_throughput(url: &str, key: &str, n: usize, size: usize) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let mut producer = client.get_multiplexed_async_connection().await?;
+    let mut consumer = client.get_multiplexed_async_connection().await?;
+    let batch = (4 << 20) / size.max(1); // ~4 MiB per round trip
+    let batch = batch.clamp(1, 1000);
+    let msg = vec![b'x'; size];
+    let started = Instant::now();
+    let produce = async {
+        let mut sent = 0;
+        while sent < n {
+            let k = batch.min(n - sent);
+            let mut pipe = redis::pipe();
+            for _ in 0..k {
+                pipe.lpush(key, &msg).ignore();
+            }
+            let () = pipe.query_async(&mut producer).await?;
+            sent += k;
+        }
+        anyhow::Ok(())
+    };
+    let consume = async {
+        let mut got = 0;
+        while got < n {
+            let popped: Option<Vec<Vec<u8>>> = redis::cmd("RPOP")
+                .arg(key)
+                .arg(batch)
+                .query_async(&mut consumer)
+                .await?;
+            match popped {
+                Some(v) => got += v.len(),
+                None => tokio::task::yield_now().await,
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(produce, consume)?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The least a task round trip can cost through Redis: push a request,
+/// another connection pops it (BLPOP) and pushes a reply, the first pops
+/// the reply.
+async fn ceiling_latency(url: &str, key: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let client = redis::Client::open(url)?;
+    let (req, resp) = (format!("{key}:req"), format!("{key}:resp"));
+    let mut echo_conn = client.get_multiplexed_async_connection().await?;
+    let echo = {
+        let (req, resp) = (req.clone(), resp.clone());
+        tokio::spawn(async move {
+            for _ in 0..n {
+                let (_, v): (String, Vec<u8>) = redis::cmd("BLPOP")
+                    .arg(&req)
+                    .arg(10)
+                    .query_async(&mut echo_conn)
+                    .await?;
+                let () = redis::cmd("LPUSH")
+                    .arg(&resp)
+                    .arg(v)
+                    .query_async(&mut echo_conn)
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let () = redis::cmd("LPUSH")
+            .arg(&req)
+            .arg(format!("{{\"id\":{i}}}"))
+            .query_async(&mut conn)
+            .await?;
+        let _: (String, Vec<u8>) = redis::cmd("BLPOP")
+            .arg(&resp)
+            .arg(10)
+            .query_async(&mut conn)
+            .await?;
+        samples.push(t.elapsed());
+    }
+    echo.await??;
+    Ok(samples)
+}
+
+async fn redis_info(url: &str, field: &str) -> anyhow::Result<String> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("?")
+        .trim()
+        .to_string())
+}
+
+fn cleanup(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = match conn.scan_match(format!("{prefix}*")) {
+        Ok(iter) => iter.filter_map(Result::ok).collect(),
+        Err(_) => return,
+    };
+    for chunk in keys.chunks(1000) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+
+// ---------------------------------------------------------------------
+// Worker processes and their memory.
+
+/// A worker process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let pid = self.0.id();
+        let tree = process_tree(pid);
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Whatever is left (a wedged worker, orphaned pool children).
+        for p in tree {
+            if Path::new(&format!("/proc/{p}")).exists() {
+                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+            }
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak memory of a process and its descendants: resets the kernel's
+/// peak-RSS counters on start, samples PSS every 20 ms until stopped.
+struct MemWatch {
+    root: u32,
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl MemWatch {
+    fn start(root: u32) -> Self {
+        for p in process_tree(root) {
+            // "5" resets VmHWM to the current RSS (Linux >= 4.0).
+            let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let pss = process_tree(root)
+                    .into_iter()
+                    .map(|p| proc_kib(&format!("/proc/{p}/smaps_rollup"), "Pss:"))
+                    .sum();
+                peak = peak.max(pss);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        Self {
+            root,
+            stop,
+            sampler,
+        }
+    }
+
+    fn stop(self) -> Mem {
+        self.stop.store(true, Ordering::Relaxed);
+        let pss_kib = self.sampler.join().unwrap_or(0);
+        let rss_kib = process_tree(self.root)
+            .into_iter()
+            .map(|p| proc_kib(&format!("/proc/{p}/status"), "VmHWM:"))
+            .sum();
+        Mem { rss_kib, pss_kib }
+    }
+}
+
+/// `pid` and all its descendants, from /proc/*/stat.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces and parens.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    tree
+}
+
+fn proc_kib(path: &str, field: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------
+// Output: the table, bench/results/, the chart, the README section.
+
+fn value(unit: &str, v: f64) -> String {
+    match unit {
+        "tasks/s" => format!("{} tasks/s", thousands(v)),
+        _ => fmt(Duration::from_secs_f64(v)),
+    }
+}
+
+fn thousands(v: f64) -> String {
+    let s = format!("{:.0}", v);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn mib(m: Mem) -> String {
+    format!(
+        "{:.0} MiB ({:.0})",
+        m.rss_kib as f64 / 1024.0,
+        m.pss_kib as f64 / 1024.0
+    )
+}
+
+fn report(rows: &[Row], versions: &Value, redis: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| workload | measure | Celery | Celeriac | Celeriac advantage | Redis ceiling | Celery peak RSS (PSS) | Celeriac peak RSS (PSS) |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| `{}`: {} | {} | {} | {} | **{:.1}×** | {} | {} | {} |",
+            r.workload.name(),
+            r.what,
+            r.metric,
+            value(r.unit, r.celery),
+            value(r.unit, r.celeriac),
+            r.advantage,
+            r.ceiling.map_or("—".into(), |c| value(r.unit, c)),
+            mib(r.celery_mem),
+            mib(r.celeriac_mem),
+        );
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let _ = writeln!(
+        s,
+        "\nCelery {} (Python {}, prefork -c 2) and Celeriac {} (--concurrency 2) on Redis {} at {}; {}, {} cores.",
+        versions["celery"].as_str().unwrap_or("?"),
+        versions["python"].as_str().unwrap_or("?"),
+        env!("CARGO_PKG_VERSION"),
+        versions["redis"].as_str().unwrap_or("?"),
+        broker::redact(redis),
+        cpu,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    s
+}
+
+fn write_results(root: &Path, env: &Env, rows: &[Row], table: &str) -> anyhow::Result<()> {
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let json_path = dir.join("latest.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(rows)?)?;
+    let md = format!(
+        "# Celeriac vs Celery\n\n\
+         Measured by `bash bench/compare` (bench/src/bin/compare.rs), which rewrites this file.\n\n\
+         {table}\n![Celeriac vs Celery](latest.png)\n"
+    );
+    std::fs::write(dir.join("latest.md"), md)?;
+    let status = Command::new(&env.python)
+        .arg(root.join("bench/celery/chart.py"))
+        .arg(&json_path)
+        .arg(dir.join("latest.png"))
+        .status()?;
+    ensure!(status.success(), "drawing the chart failed");
+
+    // The README's section between the markers is this table.
+    let readme_path = root.join("README.md");
+    let readme = std::fs::read_to_string(&readme_path)?;
+    let (begin, end) = ("<!-- compare:begin -->", "<!-- compare:end -->");
+    if let (Some(a), Some(b)) = (readme.find(begin), readme.find(end)) {
+        let updated = format!(
+            "{}{begin}\n{table}\n![Celeriac vs Celery](bench/results/latest.png)\n{}",
+            &readme[..a],
+            &readme[b..]
+        );
+        std::fs::write(&readme_path, updated)?;
+    }
+    eprintln!("wrote bench/results/latest.{{md,json,png}} and the README's table");
+    Ok(())
+}
