@@ -220,7 +220,10 @@ fn build_python_example(root: &Path, celeriac: &Path, python: &Path) -> anyhow::
         .env("PATH", path)
         .stderr(Stdio::inherit())
         .output()?;
-    ensure!(out.status.success(), "celeriac build tasks/python-text failed");
+    ensure!(
+        out.status.success(),
+        "celeriac build tasks/python-text failed"
+    );
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
@@ -377,11 +380,7 @@ fn celery_run(env: &Env, w: Workload, n: usize) -> anyhow::Result<(Run, Value)> 
     let args: Vec<String> = match w {
         Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
-        Workload::Payload => vec![
-            "payload".into(),
-            n.to_string(),
-            PAYLOAD_BYTES.to_string(),
-        ],
+        Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
     };
     let out = driver(env, &args)?;
     let mem = watch.stop();
@@ -565,7 +564,9 @@ async fn bulk(
     for (i, id) in ids.iter().enumerate() {
         let r = client::result(broker, id).await?;
         match r {
-            Some(r) if r.state == TaskState::Success && r.result.as_ref().is_some_and(|v| check(i, v)) => {}
+            Some(r)
+                if r.state == TaskState::Success
+                    && r.result.as_ref().is_some_and(|v| check(i, v)) => {}
             other => bail!("task {i} ({id}): {other:?}"),
         }
     }
@@ -673,7 +674,10 @@ async fn redis_info(url: &str, field: &str) -> anyhow::Result<String> {
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
-    let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
     Ok(info
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
@@ -694,7 +698,6 @@ fn cleanup(url: &str, prefix: &str) {
         let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
     }
 }
-
 
 // ---------------------------------------------------------------------
 // Worker processes and their memory.
@@ -719,7 +722,9 @@ impl Drop for Worker {
         // Whatever is left (a wedged worker, orphaned pool children).
         for p in tree {
             if Path::new(&format!("/proc/{p}")).exists() {
-                let _ = Command::new("kill").args(["-KILL", &p.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &p.to_string()])
+                    .status();
             }
         }
         let _ = self.0.wait();
@@ -742,15 +747,25 @@ impl MemWatch {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        // Sampling is not free: walking /proc and a process's page tables
+        // every 20 ms put a 1.5 ms stall into every 50th Celeriac task of
+        // the latency workload. Every 250 ms, tree refreshed every 2 s.
         let sampler = std::thread::spawn(move || {
             let mut peak = 0;
-            while !flag.load(Ordering::Relaxed) {
-                let pss = process_tree(root)
-                    .into_iter()
+            let mut tree = process_tree(root);
+            for tick in 1u64.. {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let pss = tree
+                    .iter()
                     .map(|p| proc_kib(&format!("/proc/{p}/smaps_rollup"), "Pss:"))
                     .sum();
                 peak = peak.max(pss);
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(250));
+                if tick % 8 == 0 {
+                    tree = process_tree(root);
+                }
             }
             peak
         });
@@ -797,7 +812,12 @@ fn process_tree(pid: u32) -> Vec<u32> {
     let mut i = 0;
     while i < tree.len() {
         let parent = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
         i += 1;
     }
     tree
@@ -851,10 +871,7 @@ fn report(rows: &[Row], versions: &Value, redis: &str) -> String {
         s,
         "| workload | measure | Celery | Celeriac | Celeriac advantage | Redis ceiling | Celery peak RSS (PSS) | Celeriac peak RSS (PSS) |"
     );
-    let _ = writeln!(
-        s,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
+    let _ = writeln!(s, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let _ = writeln!(
             s,

@@ -9,6 +9,7 @@
 mod memory;
 pub mod message;
 mod redis;
+mod results_pubsub;
 
 use std::sync::Arc;
 use std::time::Duration;

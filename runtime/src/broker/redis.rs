@@ -20,14 +20,16 @@
 //! | `worker:<id>` | string, EX | heartbeat JSON |
 //! | `workers` | set | worker ids |
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, Pipeline, RedisError, Script, Value};
 use tokio::sync::Mutex;
 
+use super::results_pubsub::ResultChannels;
 use super::{
     Broker, BrokerError, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo,
     Outgoing, QueueStats, Reclaimed, ResultWrite, StoredComponent, WorkerInfo, redact,
@@ -40,6 +42,11 @@ const GROUP: &str = "workers";
 const DLQ_CAP: u64 = 100_000;
 /// Delayed messages moved per script call, bounding the time Redis is busy.
 const PROMOTE_BATCH: u64 = 1_000;
+/// How long a producer trusts the module → digest it last read. Resolving
+/// on every submit was one of its two round trips (bench/compare,
+/// latency); a digest at most this old pins the same code as a submit made
+/// that much earlier. This process's own uploads are seen at once.
+const MODULE_TTL: Duration = Duration::from_secs(1);
 
 /// Moves due messages from `delayed:{q}` to `queue:{q}` atomically, so two
 /// workers never move the same message twice.
@@ -61,6 +68,10 @@ pub struct RedisBroker {
     /// A second connection for blocking reads, which would otherwise stall
     /// every command queued behind them.
     blocking: Mutex<ConnectionManager>,
+    /// Opened on the first wait for a result, replaced if it drops.
+    results: Mutex<Option<Arc<ResultChannels>>>,
+    /// Recently resolved modules (see [`MODULE_TTL`]).
+    modules: std::sync::Mutex<HashMap<String, (Instant, ModuleInfo)>>,
     prefix: String,
     url: String,
     promote: Script,
@@ -113,6 +124,8 @@ impl RedisBroker {
             client,
             conn,
             blocking: Mutex::new(blocking),
+            results: Mutex::new(None),
+            modules: Default::default(),
             prefix: prefix.to_string(),
             url: redact(url),
             promote: Script::new(PROMOTE_LUA),
@@ -137,6 +150,23 @@ impl RedisBroker {
 
     fn result_key(&self, id: &str) -> String {
         format!("{}result:{id}", self.prefix)
+    }
+
+    async fn result_channels(&self) -> BrokerResult<Arc<ResultChannels>> {
+        let mut current = self.results.lock().await;
+        match current.as_ref() {
+            Some(c) if c.is_alive() => Ok(c.clone()),
+            _ => {
+                let c = ResultChannels::connect(&self.client).await?;
+                *current = Some(c.clone());
+                Ok(c)
+            }
+        }
+    }
+
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, ModuleInfo)>> {
+        // A plain cache: nothing a panic could leave half-updated.
+        self.modules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -261,19 +291,33 @@ impl Broker for RedisBroker {
             .ignore()
             .query_async(&mut self.conn())
             .await?;
+        self.lock_modules()
+            .insert(info.module.clone(), (Instant::now(), info.clone()));
         Ok(())
     }
 
     async fn get_module(&self, module: &str) -> BrokerResult<Option<ModuleInfo>> {
+        if let Some((at, info)) = self.lock_modules().get(module)
+            && at.elapsed() < MODULE_TTL
+        {
+            return Ok(Some(info.clone()));
+        }
         let json: Option<String> = self
             .conn()
             .get(self.key(&format!("module:{module}")))
             .await?;
-        json.map(|j| {
-            serde_json::from_str(&j)
-                .map_err(|e| BrokerError::Corrupt(format!("module {module}: {e}")))
-        })
-        .transpose()
+        let info: Option<ModuleInfo> = json
+            .map(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| BrokerError::Corrupt(format!("module {module}: {e}")))
+            })
+            .transpose()?;
+        let mut cache = self.lock_modules();
+        match &info {
+            Some(i) => cache.insert(module.to_string(), (Instant::now(), i.clone())),
+            None => cache.remove(module),
+        };
+        Ok(info)
     }
 
     async fn list_modules(&self) -> BrokerResult<Vec<ModuleInfo>> {
@@ -539,13 +583,17 @@ impl Broker for RedisBroker {
         // Subscribe first, then read: a result written in between is seen
         // by one or the other.
         while tokio::time::Instant::now() < deadline {
-            let mut pubsub =
-                match tokio::time::timeout_at(deadline, self.client.get_async_pubsub()).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => return Err(e.into()),
-                    Err(_) => break,
-                };
-            pubsub.subscribe(&key).await?;
+            let subscribed = tokio::time::timeout_at(deadline, async {
+                self.result_channels()
+                    .await?
+                    .subscribe(&key)
+                    .await
+                    .map_err(BrokerError::from)
+            });
+            let mut sub = match subscribed.await {
+                Ok(s) => s?,
+                Err(_) => break,
+            };
             let current: Option<String> = self.conn().get(&key).await?;
             if let Some(json) = current {
                 if state_of(&json).is_some_and(|s| s.is_final()) {
@@ -553,18 +601,16 @@ impl Broker for RedisBroker {
                 }
                 latest = Some(json);
             }
-            let mut messages = pubsub.on_message();
             loop {
-                match tokio::time::timeout_at(deadline, messages.next()).await {
-                    Ok(Some(msg)) => {
-                        let json: String = msg.get_payload()?;
+                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
+                    Ok(Some(json)) => {
                         let done = state_of(&json).is_some_and(|s| s.is_final());
                         latest = Some(json);
                         if done {
                             return Ok(latest);
                         }
                     }
-                    // Connection lost: subscribe again.
+                    // Connection lost: subscribe again on a new one.
                     Ok(None) => break,
                     Err(_) => return Ok(self.get_result(task_id).await?.or(latest)),
                 }
