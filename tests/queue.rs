@@ -678,3 +678,62 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     }
     worker.stop().await;
 }
+
+/// Waiters share one subscriber connection per broker: many at once, two
+/// on the same task, each gets its own result, and every channel is
+/// unsubscribed once nobody waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waits_share_one_subscriber() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("waits"));
+    // Due shortly, so every waiter is subscribed before any result exists.
+    let opts = SubmitOptions {
+        eta: Some(SystemTime::now() + Duration::from_millis(500)),
+        ..SubmitOptions::default()
+    };
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(submit(b.as_ref(), "math.add", json!([i, 1000]), &opts).await);
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().chain(&ids[..1]).enumerate() {
+        let (b, id) = (b.clone(), id.clone());
+        waits.spawn(async move { (i % 40, wait(b.as_ref(), &id).await) });
+    }
+    let mut seen = 0;
+    while let Some(joined) = waits.join_next().await {
+        let (i, r) = joined.unwrap();
+        assert_eq!(
+            (r.state, r.result),
+            (TaskState::Success, Some(json!(i + 1000)))
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 41);
+
+    let mut redis = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let channels: Vec<String> = ids.iter().map(|id| format!("{}result:{id}", p.0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channels)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let still: Vec<_> = counts.iter().filter(|(_, n)| *n > 0).collect();
+        if still.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still subscribed: {still:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+}

@@ -282,23 +282,23 @@ impl Broker for MemoryBroker {
                         .delayed
                         .insert((*due_ms, seq), payload.clone());
                 }
-                Disposition::DeadLetter { reason } => {
+                Disposition::DeadLetter { reason, payload } => {
                     let id = s.next_id();
                     let dead = &mut s.queue(&c.queue).dead;
                     dead.push_back(DeadLetter {
                         id,
                         queue: c.queue.clone(),
                         reason: reason.clone(),
-                        payload: c.payload.clone(),
+                        payload: payload.clone(),
                         at: now,
                     });
                     if dead.len() > DLQ_CAP {
                         dead.pop_front();
                     }
                 }
-                Disposition::Requeue => {
+                Disposition::Requeue { payload } => {
                     // Keeps its delivery count: requeueing is not a fresh start.
-                    s.push_ready(&c.queue, c.payload.clone(), deliveries.saturating_sub(1));
+                    s.push_ready(&c.queue, payload.clone(), deliveries.saturating_sub(1));
                     requeued = true;
                 }
             }

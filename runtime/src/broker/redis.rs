@@ -198,7 +198,7 @@ impl RedisBroker {
             Disposition::Retry { payload, due_ms } => {
                 pipe.zadd(self.delayed(&c.queue), payload, *due_ms).ignore();
             }
-            Disposition::DeadLetter { reason } => {
+            Disposition::DeadLetter { reason, payload } => {
                 pipe.cmd("XADD")
                     .arg(self.dlq(&c.queue))
                     .arg("MAXLEN")
@@ -206,19 +206,19 @@ impl RedisBroker {
                     .arg(DLQ_CAP)
                     .arg("*")
                     .arg("m")
-                    .arg(&c.payload)
+                    .arg(payload)
                     .arg("reason")
                     .arg(reason)
                     .arg("at")
                     .arg(now_ms())
                     .ignore();
             }
-            Disposition::Requeue => {
+            Disposition::Requeue { payload } => {
                 pipe.cmd("XADD")
                     .arg(&stream)
                     .arg("*")
                     .arg("m")
-                    .arg(&c.payload)
+                    .arg(payload)
                     .ignore();
             }
         }

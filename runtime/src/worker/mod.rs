@@ -338,10 +338,10 @@ impl Worker {
                 return Completion {
                     queue: delivery.queue.clone(),
                     delivery_id: delivery.id.clone(),
-                    payload: delivery.payload.clone(),
                     result: record.map(|r| self.result_write(&r, None)),
                     disposition: Disposition::DeadLetter {
                         reason: e.to_string(),
+                        payload: delivery.payload.clone(),
                     },
                 };
             }
@@ -356,7 +356,6 @@ impl Worker {
         let done = |record: Option<ResultRecord>, disposition: Disposition| Completion {
             queue: delivery.queue.clone(),
             delivery_id: delivery.id.clone(),
-            payload: delivery.payload.clone(),
             result: record
                 .filter(|_| !msg.ignore_result)
                 .map(|r| self.result_write(&r, msg.result_ttl)),
@@ -372,7 +371,10 @@ impl Worker {
             metrics::task_finished(&msg.task, "DEAD");
             return done(
                 Some(self.failure(&msg, "poison", &reason)),
-                Disposition::DeadLetter { reason },
+                Disposition::DeadLetter {
+                    reason,
+                    payload: delivery.payload.clone(),
+                },
             );
         }
         if let Some(expires) = msg.expires
@@ -404,7 +406,10 @@ impl Worker {
                 let reason = e.to_string();
                 return done(
                     Some(self.failure(&msg, "malformed", &reason)),
-                    Disposition::DeadLetter { reason },
+                    Disposition::DeadLetter {
+                        reason,
+                        payload: delivery.payload.clone(),
+                    },
                 );
             }
         };
@@ -421,7 +426,10 @@ impl Worker {
                 metrics::task_finished(&msg.task, "DEAD");
                 return done(
                     Some(self.failure(&msg, "refused", &reason)),
-                    Disposition::DeadLetter { reason },
+                    Disposition::DeadLetter {
+                        reason,
+                        payload: delivery.payload.clone(),
+                    },
                 );
             }
         };
@@ -432,7 +440,10 @@ impl Worker {
             );
             return done(
                 Some(self.failure(&msg, "refused", &reason)),
-                Disposition::DeadLetter { reason },
+                Disposition::DeadLetter {
+                    reason,
+                    payload: delivery.payload.clone(),
+                },
             );
         }
 
@@ -486,7 +497,13 @@ impl Worker {
                         message: reason.clone(),
                     });
                     metrics::task_finished(&msg.task, "FAILURE");
-                    done(Some(record), Disposition::DeadLetter { reason })
+                    done(
+                        Some(record),
+                        Disposition::DeadLetter {
+                            reason,
+                            payload: delivery.payload.clone(),
+                        },
+                    )
                 }
             },
             Err(TaskError::Host(reason)) => {
@@ -530,7 +547,13 @@ impl Worker {
                     }
                     tracing::info!(error = %reason, "failed");
                     metrics::task_finished(&msg.task, "FAILURE");
-                    done(Some(record), Disposition::DeadLetter { reason })
+                    done(
+                        Some(record),
+                        Disposition::DeadLetter {
+                            reason,
+                            payload: delivery.payload.clone(),
+                        },
+                    )
                 }
             }
         }
@@ -618,7 +641,7 @@ impl Worker {
             }
             let mut held = self.held();
             for c in batch.drain(..) {
-                if matches!(c.disposition, Disposition::Requeue) {
+                if matches!(c.disposition, Disposition::Requeue { .. }) {
                     requeued += 1;
                 }
                 held.remove(&(c.queue, c.delivery_id));
@@ -726,9 +749,10 @@ fn requeue(d: &Delivery) -> Completion {
     Completion {
         queue: d.queue.clone(),
         delivery_id: d.id.clone(),
-        payload: d.payload.clone(),
         result: None,
-        disposition: Disposition::Requeue,
+        disposition: Disposition::Requeue {
+            payload: d.payload.clone(),
+        },
     }
 }
 
