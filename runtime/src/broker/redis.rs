@@ -792,6 +792,19 @@ fn as_string(v: &Value) -> Option<String> {
     }
 }
 
+/// As [`as_string`], taking the bytes rather than copying them: message
+/// payloads are up to megabytes, and the lossy path's byte-by-byte scan
+/// was the worker's top symbol with 64 KiB payloads (bench/compare).
+fn into_string(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        other => as_string(&other),
+    }
+}
+
 fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -814,10 +827,9 @@ fn entries_with_fields(v: Value) -> Vec<(String, Vec<(String, String)>)> {
         };
         let mut fields = Vec::new();
         if let Some(Value::Array(kv)) = parts.next() {
-            for pair in kv.chunks(2) {
-                if let [k, v] = pair
-                    && let (Some(k), Some(v)) = (as_string(k), as_string(v))
-                {
+            let mut kv = kv.into_iter();
+            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+                if let (Some(k), Some(v)) = (as_string(&k), into_string(v)) {
                     fields.push((k, v));
                 }
             }

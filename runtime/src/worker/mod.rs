@@ -451,8 +451,10 @@ impl Worker {
             id: msg.id.clone(),
             module: module.to_string(),
             name: name.to_string(),
-            args: Value::Array(msg.args.clone()).to_string(),
-            kwargs: Value::Object(msg.kwargs.clone()).to_string(),
+            // Serialized in place: cloning the parsed arguments first cost a
+            // deep copy of every payload.
+            args: json_text(&msg.args),
+            kwargs: json_text(&msg.kwargs),
             retries: msg.retries,
             max_retries: msg.max_retries,
         };
@@ -743,6 +745,11 @@ struct Tokens {
     fetch_stopped: CancellationToken,
     /// Grace period over: abandon running tasks and hand them back.
     stop_running: CancellationToken,
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    // JSON values in memory always serialize (their map keys are strings).
+    serde_json::to_string(v).expect("a JSON value serializes")
 }
 
 fn requeue(d: &Delivery) -> Completion {
