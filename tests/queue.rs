@@ -737,3 +737,44 @@ async fn concurrent_waits_share_one_subscriber() {
     }
     worker.stop().await;
 }
+
+/// `submit_and_wait` subscribes while it enqueues: it returns the result,
+/// and a submit that fails returns its error at once, not after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_returns_the_result_or_the_submit_error() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("call"));
+    let opts = SubmitOptions::default();
+    for i in 0..20 {
+        let (id, r) = client::submit_and_wait(
+            b.as_ref(),
+            req("math.add", json!([i, 1])),
+            &opts,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let r = r.unwrap();
+        assert_eq!((r.id.as_str(), r.state), (id.as_str(), TaskState::Success));
+        assert_eq!(r.result, Some(json!(i + 1)));
+    }
+
+    let started = Instant::now();
+    let err = client::submit_and_wait(
+        b.as_ref(),
+        req("nosuch.add", json!([1, 2])),
+        &opts,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown module `nosuch`"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited out the timeout"
+    );
+    worker.stop().await;
+}

@@ -24,7 +24,13 @@ for ax, r in zip(axes, rows):
     ax.set_title(f"{r['workload']}\n{r['metric']}: {r['advantage']:.1f}×", fontsize=9)
     ax.set_ylabel(f"{unit} ({better} is better)", fontsize=8)
     ax.tick_params(labelsize=8)
-    ax.set_ylim(0, max(vals + [r["ceiling"] * scale if r.get("ceiling") and r["higher_is_better"] else 0]) * 1.15)
+    top = max(vals + ([r["ceiling"] * scale] if r.get("ceiling") else []))
+    if top / min(vals) > 30:
+        # Bars an order of magnitude apart (or a far-off ceiling): log scale.
+        ax.set_yscale("log")
+        ax.set_ylim(min(vals) / 3, top * 3)
+    else:
+        ax.set_ylim(0, top * 1.15)
 handles = [h for ax in axes for h in ax.get_legend_handles_labels()[0]][:1]
 if handles:
     fig.legend(handles, ["Redis ceiling"], loc="lower center", fontsize=8, frameon=False)

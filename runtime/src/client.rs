@@ -82,9 +82,50 @@ pub async fn submit_many(
     requests: Vec<TaskRequest>,
     options: &SubmitOptions,
 ) -> Result<Vec<String>, ClientError> {
+    let requests = requests.into_iter().map(|r| (new_id(), r)).collect();
+    enqueue(broker, requests, options).await
+}
+
+/// Submit one task and wait for its final record (or `timeout`): the
+/// result subscription is made while the message is enqueued rather than
+/// after, which takes a round trip off every call. Returns the task id and
+/// the latest record seen.
+pub async fn submit_and_wait(
+    broker: &dyn Broker,
+    request: TaskRequest,
+    options: &SubmitOptions,
+    timeout: Duration,
+) -> Result<(String, Option<ResultRecord>), ClientError> {
+    let id = new_id();
+    // Waiting subscribes, then reads the record, then listens: whichever
+    // order the worker and the subscription happen in, the result is seen.
+    // A failed submit drops the wait at once.
+    let (_, json) = futures_util::future::try_join(
+        enqueue(broker, vec![(id.clone(), request)], options),
+        async {
+            broker
+                .wait_result(&id, timeout)
+                .await
+                .map_err(ClientError::from)
+        },
+    )
+    .await?;
+    let record = json.map(|j| parse_record(&j)).transpose()?;
+    Ok((id, record))
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn enqueue(
+    broker: &dyn Broker,
+    requests: Vec<(String, TaskRequest)>,
+    options: &SubmitOptions,
+) -> Result<Vec<String>, ClientError> {
     validate_queue(&options.queue)?;
     let mut modules: HashMap<String, ModuleInfo> = HashMap::new();
-    for r in &requests {
+    for (_, r) in &requests {
         let (module, _) = split(&r.task)?;
         if !modules.contains_key(module) {
             let info = broker
@@ -98,10 +139,9 @@ pub async fn submit_many(
     let eta = options.eta.map(unix_ms);
     let mut ids = Vec::with_capacity(requests.len());
     let mut out = Vec::with_capacity(requests.len());
-    for r in requests {
+    for (id, r) in requests {
         let (module, _) = split(&r.task)?;
         let digest = modules[module].digest;
-        let id = uuid::Uuid::new_v4().to_string();
         let msg = TaskMessage {
             v: message::VERSION,
             id: id.clone(),

@@ -179,7 +179,8 @@ fn main() -> anyhow::Result<()> {
         celeriac_prefix: format!("{run_id}:celeriac:"),
         scratch: tempfile::tempdir()?,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One producer doing one thing at a time, as driver.py is for Celery.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let outcome = rt.block_on(run_all(&env, &workloads, args.quick, &wasm_dir, &py_wasm));
@@ -459,8 +460,13 @@ async fn celeriac_run(
             let started = Instant::now();
             for i in 0..n {
                 let t = Instant::now();
-                let id = client::submit(broker, call("math.add", json!([i, i])), &opts).await?;
-                let r = client::wait(broker, &id, Duration::from_secs(10)).await?;
+                let (_, r) = client::submit_and_wait(
+                    broker,
+                    call("math.add", json!([i, i])),
+                    &opts,
+                    Duration::from_secs(10),
+                )
+                .await?;
                 samples.push(t.elapsed());
                 ensure!(
                     r.is_some_and(|r| r.result == Some(json!(2 * i))),

@@ -99,8 +99,13 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
     let mut latencies = Vec::with_capacity(LATENCY_TASKS);
     for i in 0..LATENCY_TASKS {
         let t = Instant::now();
-        let id = client::submit(broker.as_ref(), add(i as i64), &opts).await?;
-        let r = client::wait(broker.as_ref(), &id, Duration::from_secs(10)).await?;
+        let (_, r) = client::submit_and_wait(
+            broker.as_ref(),
+            add(i as i64),
+            &opts,
+            Duration::from_secs(10),
+        )
+        .await?;
         latencies.push(t.elapsed());
         anyhow::ensure!(
             r.is_some_and(|r| r.state == TaskState::Success),

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 use super::common::{BrokerArgs, parse_call_json, print_outcome};
 use super::{exit, runtime};
 use crate::broker::MessageLimits;
-use crate::client::{SubmitOptions, TaskRequest, submit, wait};
+use crate::client::{SubmitOptions, TaskRequest, submit, submit_and_wait};
 use crate::units::{parse_duration, parse_size};
 
 #[derive(clap::Args)]
@@ -89,12 +89,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     runtime()?.block_on(async {
         let broker = args.broker.connect().await?;
-        let id = submit(broker.as_ref(), request, &options).await?;
         if !args.wait {
+            let id = submit(broker.as_ref(), request, &options).await?;
             println!("{id}");
             return Ok(ExitCode::SUCCESS);
         }
-        match wait(broker.as_ref(), &id, args.wait_timeout).await? {
+        let (id, record) =
+            submit_and_wait(broker.as_ref(), request, &options, args.wait_timeout).await?;
+        match record {
             Some(record) if record.state.is_final() => Ok(ExitCode::from(print_outcome(&record))),
             other => {
                 let state = other.map_or("PENDING".to_string(), |r| {
