@@ -44,7 +44,12 @@ ensure_c() {
 PY_ENV=target/toolchains/python
 ensure_python() {
     if [ ! -x "$PY_ENV/bin/python" ]; then
-        python3 -m venv "$PY_ENV"
+        # Debian's python3 needs python3-venv for this.
+        python3 -m venv "$PY_ENV" 2>/dev/null || {
+            rm -rf "$PY_ENV"
+            apt_install python3-venv
+            python3 -m venv "$PY_ENV"
+        }
     fi
     local need=()
     [ -x "$PY_ENV/bin/componentize-py" ] || need+=("componentize-py==0.25.1")
