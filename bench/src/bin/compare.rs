@@ -923,7 +923,8 @@ fn write_results(root: &Path, env: &Env, rows: &[Row], table: &str) -> anyhow::R
     let md = format!(
         "# Celeriac vs Celery\n\n\
          Measured by `bash bench/compare` (bench/src/bin/compare.rs), which rewrites this file.\n\n\
-         {table}\n![Celeriac vs Celery](latest.png)\n"
+         {table}\n![Celeriac vs Celery](latest.png)\n\n\
+         How to read it, and why `same-code` falls short: the README's Benchmarks section.\n"
     );
     std::fs::write(dir.join("latest.md"), md)?;
     let status = Command::new(&env.python)
