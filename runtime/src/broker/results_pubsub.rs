@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use redis::{Client, RedisResult};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 type Routes = HashMap<String, Vec<(u64, mpsc::UnboundedSender<String>)>>;
 
@@ -23,6 +23,9 @@ pub(super) struct ResultChannels {
     routes: Arc<Mutex<Routes>>,
     alive: Arc<AtomicBool>,
     next_id: AtomicU64,
+    /// Dropped with the last handle: ends the reader task and closes the
+    /// connection (a dropped sink alone would not).
+    _stop: oneshot::Sender<()>,
 }
 
 /// A live subscription; messages on its channel arrive on `rx`. `rx`
@@ -40,8 +43,14 @@ impl ResultChannels {
         let routes: Arc<Mutex<Routes>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (r, a) = (routes.clone(), alive.clone());
+        let (stop, mut stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    _ = &mut stopped => None,
+                };
+                let Some(msg) = msg else { break };
                 let Ok(payload) = msg.get_payload::<String>() else {
                     continue;
                 };
@@ -52,8 +61,8 @@ impl ResultChannels {
                     }
                 }
             }
-            // Connection gone: waiters see their channel close and resubscribe
-            // on a fresh connection.
+            // Connection gone (or nobody holds this any more): waiters see
+            // their channel close and resubscribe on a fresh connection.
             a.store(false, Ordering::Release);
             lock(&r).clear();
         });
@@ -62,6 +71,7 @@ impl ResultChannels {
             routes,
             alive,
             next_id: AtomicU64::new(0),
+            _stop: stop,
         }))
     }
 
