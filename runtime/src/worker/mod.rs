@@ -361,6 +361,11 @@ impl Worker {
                 .map(|r| self.result_write(&r, msg.result_ttl)),
             disposition,
         };
+        // Only a dead letter keeps the message as received.
+        let dead_letter = |reason: String| Disposition::DeadLetter {
+            reason,
+            payload: delivery.payload.clone(),
+        };
 
         if delivery.deliveries > self.config.max_deliveries {
             let reason = format!(
@@ -371,10 +376,7 @@ impl Worker {
             metrics::task_finished(&msg.task, "DEAD");
             return done(
                 Some(self.failure(&msg, "poison", &reason)),
-                Disposition::DeadLetter {
-                    reason,
-                    payload: delivery.payload.clone(),
-                },
+                dead_letter(reason),
             );
         }
         if let Some(expires) = msg.expires
@@ -406,10 +408,7 @@ impl Worker {
                 let reason = e.to_string();
                 return done(
                     Some(self.failure(&msg, "malformed", &reason)),
-                    Disposition::DeadLetter {
-                        reason,
-                        payload: delivery.payload.clone(),
-                    },
+                    dead_letter(reason),
                 );
             }
         };
@@ -426,10 +425,7 @@ impl Worker {
                 metrics::task_finished(&msg.task, "DEAD");
                 return done(
                     Some(self.failure(&msg, "refused", &reason)),
-                    Disposition::DeadLetter {
-                        reason,
-                        payload: delivery.payload.clone(),
-                    },
+                    dead_letter(reason),
                 );
             }
         };
@@ -440,10 +436,7 @@ impl Worker {
             );
             return done(
                 Some(self.failure(&msg, "refused", &reason)),
-                Disposition::DeadLetter {
-                    reason,
-                    payload: delivery.payload.clone(),
-                },
+                dead_letter(reason),
             );
         }
 
@@ -499,13 +492,7 @@ impl Worker {
                         message: reason.clone(),
                     });
                     metrics::task_finished(&msg.task, "FAILURE");
-                    done(
-                        Some(record),
-                        Disposition::DeadLetter {
-                            reason,
-                            payload: delivery.payload.clone(),
-                        },
-                    )
+                    done(Some(record), dead_letter(reason))
                 }
             },
             Err(TaskError::Host(reason)) => {
@@ -549,13 +536,7 @@ impl Worker {
                     }
                     tracing::info!(error = %reason, "failed");
                     metrics::task_finished(&msg.task, "FAILURE");
-                    done(
-                        Some(record),
-                        Disposition::DeadLetter {
-                            reason,
-                            payload: delivery.payload.clone(),
-                        },
-                    )
+                    done(Some(record), dead_letter(reason))
                 }
             }
         }
