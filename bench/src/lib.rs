@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use celeriac::broker::Broker;
+use redis::Commands as _;
 
 /// Build the example task components (release, wasm32-wasip2) and return
 /// the directory holding them.
@@ -65,5 +68,38 @@ pub fn fmt(d: Duration) -> String {
         format!("{:.2} ms", ns / 1e6)
     } else {
         format!("{:.2} s", ns / 1e9)
+    }
+}
+
+/// Wait until `queue` holds nothing ready, delayed or in flight. A worker
+/// acks in the same transaction as it stores the result, so a drained
+/// queue means every result is written.
+pub async fn wait_drained(
+    broker: &dyn Broker,
+    queue: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = broker.queue_stats(queue).await?;
+        if s.ready == 0 && s.in_flight == 0 && s.delayed == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "queue did not drain: {s:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Delete every key under `prefix` (best effort: a benchmark cleaning up).
+pub fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = match conn.scan_match(format!("{prefix}*")) {
+        Ok(iter) => iter.filter_map(Result::ok).collect(),
+        Err(_) => return,
+    };
+    for chunk in keys.chunks(1000) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
     }
 }

@@ -24,9 +24,8 @@ use celeriac::broker::{self, Broker};
 use celeriac::client::{self, SubmitOptions, TaskRequest};
 use celeriac::results::TaskState;
 use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
-use celeriac_bench::{Stats, build_examples, fmt};
+use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
 use clap::{Parser, ValueEnum};
-use redis::Commands as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -184,7 +183,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let outcome = rt.block_on(run_all(&env, &workloads, args.quick, &wasm_dir, &py_wasm));
-    cleanup(&args.redis, &format!("{run_id}:"));
+    delete_prefix(&args.redis, &format!("{run_id}:"));
     let (rows, versions) = outcome?;
 
     let report = report(&rows, &versions, &env.redis);
@@ -557,15 +556,7 @@ async fn bulk(
         let chunk: Vec<_> = requests.by_ref().take(batch).collect();
         ids.extend(client::submit_many(broker, chunk, &opts).await?);
     }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let s = broker.queue_stats("default").await?;
-        if s.ready == 0 && s.in_flight == 0 && s.delayed == 0 {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "queue did not drain: {s:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_drained(broker, "default", Duration::from_secs(600)).await?;
     let elapsed = started.elapsed();
     for (i, id) in ids.iter().enumerate() {
         let r = client::result(broker, id).await?;
@@ -690,19 +681,6 @@ async fn redis_info(url: &str, field: &str) -> anyhow::Result<String> {
         .unwrap_or("?")
         .trim()
         .to_string())
-}
-
-fn cleanup(url: &str, prefix: &str) {
-    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
-        return;
-    };
-    let keys: Vec<String> = match conn.scan_match(format!("{prefix}*")) {
-        Ok(iter) => iter.filter_map(Result::ok).collect(),
-        Err(_) => return,
-    };
-    for chunk in keys.chunks(1000) {
-        let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-    }
 }
 
 // ---------------------------------------------------------------------

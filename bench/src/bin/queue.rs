@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac::broker::{self, Broker};
+use celeriac::broker;
 use celeriac::client::{self, SubmitOptions, TaskRequest};
 use celeriac::results::TaskState;
 use celeriac::sandbox::{Sandbox, SandboxConfig};
 use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
 use celeriac::worker::{Worker, WorkerConfig};
-use celeriac_bench::{Stats, build_examples, fmt};
+use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(run(&dir, &url, &prefix));
-    cleanup(&url, &prefix);
+    delete_prefix(&url, &prefix);
     result
 }
 
@@ -82,7 +82,7 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
         ids.extend(client::submit_many(broker.as_ref(), batch, &opts).await?);
     }
     let submitted = started.elapsed();
-    wait_drained(broker.as_ref()).await?;
+    wait_drained(broker.as_ref(), "default", Duration::from_secs(300)).await?;
     let elapsed = started.elapsed();
     // Every one of them has its right result (checked outside the timing).
     for (i, id) in ids.iter().enumerate() {
@@ -146,30 +146,5 @@ fn add(i: i64) -> TaskRequest {
         task: "math.add".into(),
         args: vec![json!(i), json!(i)],
         kwargs: Default::default(),
-    }
-}
-
-async fn wait_drained(broker: &dyn Broker) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let s = broker.queue_stats("default").await?;
-        if s.ready == 0 && s.in_flight == 0 && s.delayed == 0 {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "queue did not drain: {s:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn cleanup(url: &str, prefix: &str) {
-    let Ok(mut conn) = redis::Client::open(url).and_then(|c| c.get_connection()) else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut conn)
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
     }
 }
