@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use celeriac::broker::{Broker, MemoryBroker, MessageLimits, Outgoing};
 use celeriac::client::{self, SubmitOptions, TaskRequest};
 use celeriac::results::{ResultRecord, TaskState, now_ms};
-use common::{Prefix, Publisher, RunningWorker, quick_config};
+use common::{Prefix, Publisher, RunningWorker, fetch_limits, quick_config};
 use serde_json::{Value, json};
 
 fn req(task: &str, args: Value) -> TaskRequest {
@@ -333,7 +333,7 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
         .fetch(
             &["default".into()],
             "crashed",
-            10,
+            fetch_limits(10),
             Duration::from_millis(100),
         )
         .await
@@ -365,17 +365,24 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
             .fetch(
                 &["default".into()],
                 "crashed",
-                1,
+                fetch_limits(1),
                 Duration::from_millis(100),
             )
             .await
             .unwrap();
         if got.is_empty() {
-            let again = b
-                .reclaim("default", "crashed", Duration::ZERO, 1)
+            // Delivered again to the same consumer (as a restarted worker
+            // with the same id would take it).
+            let pending = b
+                .pending("default", "other", Duration::ZERO, 1)
                 .await
                 .unwrap();
-            assert_eq!(again.deliveries.len(), 1);
+            let claims = vec![(pending[0].id.clone(), 0)];
+            let again = b
+                .claim("default", "crashed", &claims, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(again.len(), 1);
         }
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -635,6 +642,18 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     config.concurrency = 1;
     config.track_started = true;
     let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    // Short tasks first: a worker prefetches only once it has seen tasks
+    // finish quickly.
+    let warmup = client::submit_many(
+        b.as_ref(),
+        (0..5).map(|_| req("misbehave.sleep", json!([1]))).collect(),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    for id in &warmup {
+        wait(b.as_ref(), id).await;
+    }
     let ids = client::submit_many(
         b.as_ref(),
         (0..3)
@@ -658,7 +677,7 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let summary = worker.stop().await;
-    assert_eq!(summary.processed, 1);
+    assert_eq!(summary.processed, 6);
     assert_eq!(summary.requeued_on_shutdown, 2);
     // Whichever of the three got the slot finished; the other two wait.
     let mut finished = 0;

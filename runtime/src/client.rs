@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::broker::{
-    Broker, BrokerError, MessageLimits, ModuleInfo, Outgoing, TaskMessage, message,
+    Broker, BrokerError, MessageError, MessageLimits, ModuleInfo, Outgoing, TaskMessage, message,
 };
 use crate::results::{ResultRecord, now_ms};
+use crate::units::format_size;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -21,6 +22,11 @@ pub enum ClientError {
     UnknownModule(String),
     #[error("queue name `{0}` is invalid: use letters, digits, `_`, `-` and `.`, at most 64")]
     QueueName(String),
+    /// A number out of range (the message's `invalid message: …`).
+    #[error("{0}")]
+    Invalid(#[from] MessageError),
+    #[error("message too large: {size}, limit {limit} (store large inputs elsewhere and pass a reference)", size = format_size(*.0 as u64), limit = format_size(message::bounds::DEFAULT_MAX_MESSAGE_BYTES as u64))]
+    TooLarge(usize),
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error("stored result is not a valid record: {0}")]
@@ -96,12 +102,29 @@ pub async fn submit_and_wait(
     options: &SubmitOptions,
     timeout: Duration,
 ) -> Result<(String, Option<ResultRecord>), ClientError> {
+    submit_and_wait_with(broker, request, options, timeout, |_| {}).await
+}
+
+/// As [`submit_and_wait`], calling `enqueued` with the task id as soon as
+/// the message is on the queue (so a caller can report it even if the
+/// wait fails).
+pub async fn submit_and_wait_with(
+    broker: &dyn Broker,
+    request: TaskRequest,
+    options: &SubmitOptions,
+    timeout: Duration,
+    enqueued: impl FnOnce(&str) + Send,
+) -> Result<(String, Option<ResultRecord>), ClientError> {
     let id = new_id();
     // Waiting subscribes, then reads the record, then listens: whichever
     // order the worker and the subscription happen in, the result is seen.
     // A failed submit drops the wait at once.
     let (_, json) = futures_util::future::try_join(
-        enqueue(broker, vec![(id.clone(), request)], options),
+        async {
+            enqueue(broker, vec![(id.clone(), request)], options).await?;
+            enqueued(&id);
+            Ok(())
+        },
         async {
             broker
                 .wait_result(&id, timeout)
@@ -159,9 +182,15 @@ async fn enqueue(
             ignore_result: options.ignore_result,
             submitted_at: now,
         };
+        // The same checks a worker makes: refused here, not dead-lettered there.
+        msg.validate(now)?;
+        let payload = msg.to_json();
+        if payload.len() > message::bounds::DEFAULT_MAX_MESSAGE_BYTES {
+            return Err(ClientError::TooLarge(payload.len()));
+        }
         out.push(Outgoing {
             queue: options.queue.clone(),
-            payload: msg.to_json(),
+            payload,
             due_ms: eta,
         });
         ids.push(id);
@@ -219,6 +248,6 @@ pub fn validate_queue(name: &str) -> Result<(), ClientError> {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

@@ -140,6 +140,15 @@ impl Publisher {
     }
 }
 
+/// Fetch up to `n` messages of any size.
+pub fn fetch_limits(n: usize) -> celeriac::broker::FetchLimits {
+    celeriac::broker::FetchLimits {
+        max: n,
+        max_bytes: usize::MAX,
+        max_message_bytes: 64 << 20,
+    }
+}
+
 /// Worker settings that make failure paths quick to observe.
 pub fn quick_config(id: &str) -> WorkerConfig {
     WorkerConfig {

@@ -2,15 +2,16 @@
 //! process, with nothing to install. Used by `celeriac demo` and embedders.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Broker, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo, Outgoing,
-    QueueStats, Reclaimed, ResultWrite, StoredComponent, WorkerInfo,
+    Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
+    FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite, StoredComponent,
+    WorkerInfo,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -47,7 +48,7 @@ struct Queue {
 
 struct Held {
     consumer: String,
-    payload: String,
+    payload: Arc<str>,
     deliveries: u64,
     renewed: Instant,
 }
@@ -156,7 +157,7 @@ impl Broker for MemoryBroker {
         &self,
         queues: &[String],
         consumer: &str,
-        max: usize,
+        limits: FetchLimits,
         block: Duration,
     ) -> BrokerResult<Vec<Delivery>> {
         let deadline = tokio::time::Instant::now() + block;
@@ -167,28 +168,39 @@ impl Broker for MemoryBroker {
             notified.as_mut().enable();
             {
                 let mut s = self.lock();
-                let mut out = Vec::new();
+                let mut out: Vec<Delivery> = Vec::new();
+                let mut bytes = 0;
                 for q in queues {
                     let queue = s.queue(q);
-                    while out.len() < max {
+                    while out.len() < limits.max.max(1) {
+                        let Some((_, payload, _)) = queue.ready.front() else {
+                            break;
+                        };
+                        let cost = payload.len().min(limits.max_message_bytes);
+                        if !out.is_empty() && bytes + cost > limits.max_bytes {
+                            break;
+                        }
+                        bytes += cost;
                         let Some((id, payload, deliveries)) = queue.ready.pop_front() else {
                             break;
                         };
-                        queue.held.insert(
+                        let d = Delivery::bounded(
+                            q,
                             id.clone(),
+                            payload,
+                            deliveries + 1,
+                            limits.max_message_bytes,
+                        );
+                        queue.held.insert(
+                            id,
                             Held {
                                 consumer: consumer.to_string(),
-                                payload: payload.clone(),
+                                payload: d.payload.clone(),
                                 deliveries: deliveries + 1,
                                 renewed: Instant::now(),
                             },
                         );
-                        out.push(Delivery {
-                            queue: q.clone(),
-                            id,
-                            payload,
-                            deliveries: deliveries + 1,
-                        });
+                        out.push(d);
                     }
                 }
                 if !out.is_empty() {
@@ -220,39 +232,69 @@ impl Broker for MemoryBroker {
         Ok(moved)
     }
 
-    async fn renew(&self, consumer: &str, held: &[(String, String)]) -> BrokerResult<()> {
+    async fn renew(
+        &self,
+        consumer: &str,
+        held: &[(String, String)],
+    ) -> BrokerResult<Vec<(String, String)>> {
         let mut s = self.lock();
+        let mut lost = Vec::new();
         for (q, id) in held {
-            if let Some(h) = s.queue(q).held.get_mut(id) {
-                h.consumer = consumer.to_string();
-                h.renewed = Instant::now();
+            match s.queue(q).held.get_mut(id) {
+                Some(h) if h.consumer == consumer => h.renewed = Instant::now(),
+                _ => lost.push((q.clone(), id.clone())),
             }
         }
-        Ok(())
+        Ok(lost)
     }
 
-    async fn reclaim(
+    async fn pending(
         &self,
         queue: &str,
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> BrokerResult<Reclaimed> {
+    ) -> BrokerResult<Vec<Pending>> {
+        let mut s = self.lock();
+        let mut out: Vec<Pending> = s
+            .queue(queue)
+            .held
+            .iter()
+            .filter(|(_, h)| h.consumer != consumer && h.renewed.elapsed() >= min_idle)
+            .map(|(id, h)| Pending {
+                id: id.clone(),
+                consumer: h.consumer.clone(),
+                idle_ms: h.renewed.elapsed().as_millis() as u64,
+                deliveries: h.deliveries,
+            })
+            .collect();
+        out.sort_by(|a, b| b.idle_ms.cmp(&a.idle_ms));
+        out.truncate(max);
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        claims: &[(String, u64)],
+        _max_message_bytes: usize,
+    ) -> BrokerResult<Vec<Delivery>> {
         let mut s = self.lock();
         let q = s.queue(queue);
-        let mut out = Reclaimed::default();
-        for (id, h) in q.held.iter_mut() {
-            if out.deliveries.len() >= max {
-                break;
-            }
-            if h.renewed.elapsed() >= min_idle {
+        let mut out = Vec::new();
+        for (id, min_idle) in claims {
+            if let Some(h) = q.held.get_mut(id)
+                && h.renewed.elapsed().as_millis() as u64 >= *min_idle
+            {
                 h.consumer = consumer.to_string();
                 h.renewed = Instant::now();
                 h.deliveries += 1;
-                out.deliveries.push(Delivery {
+                out.push(Delivery {
                     queue: queue.to_string(),
                     id: id.clone(),
                     payload: h.payload.clone(),
+                    size: h.payload.len(),
                     deliveries: h.deliveries,
                 });
             }
@@ -260,19 +302,51 @@ impl Broker for MemoryBroker {
         Ok(out)
     }
 
-    async fn complete(&self, batch: &[Completion]) -> BrokerResult<()> {
+    async fn prune_consumers(
+        &self,
+        _queue: &str,
+        _min_idle: Duration,
+        _consumer: Option<&str>,
+    ) -> BrokerResult<u64> {
+        // Consumers exist here only as names on held messages.
+        Ok(0)
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        consumer: &str,
+        batch: &[Completion],
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
         let now = now_ms();
         let mut s = self.lock();
         let mut wrote_result = false;
         let mut requeued = false;
+        let mut outcomes = Vec::with_capacity(batch.len());
         for c in batch {
+            let holder = s
+                .queue(&c.queue)
+                .held
+                .get(&c.delivery_id)
+                .map(|h| h.consumer == consumer);
+            if holder == Some(false) {
+                outcomes.push(Ok(Completed::TakenOver));
+                continue;
+            }
             if let Some(r) = &c.result {
                 s.results
                     .insert(r.task_id.clone(), (r.json.clone(), Instant::now() + r.ttl));
                 wrote_result = true;
             }
-            let held = s.queue(&c.queue).held.remove(&c.delivery_id);
-            let deliveries = held.map_or(0, |h| h.deliveries);
+            let Some(held) = s.queue(&c.queue).held.remove(&c.delivery_id) else {
+                outcomes.push(Ok(Completed::Gone));
+                continue;
+            };
+            outcomes.push(Ok(Completed::Done));
+            let deliveries = held.deliveries;
             match &c.disposition {
                 Disposition::Ack => {}
                 Disposition::Retry { payload, due_ms } => {
@@ -289,16 +363,20 @@ impl Broker for MemoryBroker {
                         id,
                         queue: c.queue.clone(),
                         reason: reason.clone(),
-                        payload: payload.clone(),
+                        payload: payload.clone().unwrap_or_else(|| c.payload.to_string()),
                         at: now,
                     });
                     if dead.len() > DLQ_CAP {
                         dead.pop_front();
                     }
                 }
-                Disposition::Requeue { payload } => {
+                Disposition::Requeue => {
                     // Keeps its delivery count: requeueing is not a fresh start.
-                    s.push_ready(&c.queue, payload.clone(), deliveries.saturating_sub(1));
+                    s.push_ready(
+                        &c.queue,
+                        c.payload.to_string(),
+                        deliveries.saturating_sub(1),
+                    );
                     requeued = true;
                 }
             }
@@ -310,7 +388,7 @@ impl Broker for MemoryBroker {
         if requeued {
             self.ready.notify_waiters();
         }
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn set_result(&self, write: &ResultWrite) -> BrokerResult<()> {

@@ -58,35 +58,128 @@ pub struct TaskMessage {
     pub submitted_at: u64,
 }
 
+/// Bounds on what a producer may ask for. Anything past them is refused
+/// where it enters: by the client at submit (exit 2 from the CLI) and by
+/// the worker for raw messages (dead-lettered as `invalid message: …`).
+pub mod bounds {
+    /// Longest a result may be kept. Redis refuses expiries that overflow
+    /// its clock, and a year of results is more than any Redis holds.
+    pub const MAX_RESULT_TTL_SECS: u64 = 365 * 24 * 3600;
+    /// Furthest in the future an eta, countdown or expiry may lie.
+    pub const MAX_HORIZON_MS: u64 = 365 * 24 * 3600 * 1000;
+    /// Longest hard time limit a message may ask for (workers cap it lower).
+    pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
+    /// Largest memory limit a message may ask for (workers cap it lower).
+    pub const MAX_MEMORY: u64 = 1 << 40;
+    pub const MAX_RETRIES: u32 = 10_000;
+    /// Largest message the client sends and, by default, a worker reads.
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+}
+
 /// A message that cannot be run, and why (goes to the dead-letter queue).
-#[derive(Debug, thiserror::Error)]
-#[error("malformed message: {0}")]
-pub struct MalformedMessage(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Not a message this worker can read at all.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Well-formed, but a field is out of range.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
 
 impl TaskMessage {
-    /// Decode and validate a message from the queue.
-    pub fn parse(payload: &str) -> Result<Self, MalformedMessage> {
+    /// Decode a message from the queue and check every field a producer
+    /// controls against [`bounds`], as of `now_ms`.
+    pub fn parse(payload: &str, now_ms: u64) -> Result<Self, MessageError> {
         let msg: TaskMessage =
-            serde_json::from_str(payload).map_err(|e| MalformedMessage(e.to_string()))?;
+            serde_json::from_str(payload).map_err(|e| MessageError::Malformed(e.to_string()))?;
         if msg.v != VERSION {
-            return Err(MalformedMessage(format!(
+            return Err(MessageError::Malformed(format!(
                 "unsupported message version {} (this worker reads {VERSION})",
                 msg.v
             )));
         }
         if msg.id.is_empty() || msg.id.len() > 200 {
-            return Err(MalformedMessage("id must be 1..=200 characters".into()));
+            return Err(MessageError::Malformed(
+                "id must be 1..=200 characters".into(),
+            ));
         }
         msg.split_task()?;
+        msg.validate(now_ms)?;
         Ok(msg)
     }
 
+    /// Check the numbers a producer picks: in range, and consistent with
+    /// each other. The same check runs in the client before sending and in
+    /// the worker on every message it reads.
+    pub fn validate(&self, now_ms: u64) -> Result<(), MessageError> {
+        use bounds::*;
+        let invalid = |s: String| Err(MessageError::Invalid(s));
+        let horizon = now_ms.saturating_add(MAX_HORIZON_MS);
+        if let Some(ttl) = self.result_ttl
+            && (ttl == 0 || ttl > MAX_RESULT_TTL_SECS)
+        {
+            return invalid(format!(
+                "result_ttl {ttl} s is out of range (1 s to 365 days)"
+            ));
+        }
+        if let Some(eta) = self.eta
+            && eta > horizon
+        {
+            return invalid(format!("eta {eta} is more than 365 days ahead"));
+        }
+        if let Some(expires) = self.expires
+            && expires > horizon
+        {
+            return invalid(format!("expires {expires} is more than 365 days ahead"));
+        }
+        let l = &self.limits;
+        if let Some(t) = l.timeout_ms
+            && (t == 0 || t > MAX_TIMEOUT_MS)
+        {
+            return invalid(format!("timeout {t} ms is out of range (1 ms to 7 days)"));
+        }
+        if let Some(s) = l.soft_timeout_ms {
+            if s == 0 || s > MAX_TIMEOUT_MS {
+                return invalid(format!(
+                    "soft_timeout {s} ms is out of range (1 ms to 7 days)"
+                ));
+            }
+            if let Some(t) = l.timeout_ms
+                && s >= t
+            {
+                return invalid(format!(
+                    "soft_timeout {s} ms must be shorter than timeout {t} ms"
+                ));
+            }
+        }
+        if l.fuel == Some(0) {
+            return invalid("fuel must be at least 1".into());
+        }
+        if let Some(m) = l.memory
+            && (m == 0 || m > MAX_MEMORY)
+        {
+            return invalid(format!(
+                "memory {m} bytes is out of range (1 byte to 1 TiB)"
+            ));
+        }
+        if self.max_retries > MAX_RETRIES {
+            return invalid(format!(
+                "max_retries {} is over the maximum of {MAX_RETRIES}",
+                self.max_retries
+            ));
+        }
+        Ok(())
+    }
+
     /// `(module, name)` of `module.task`.
-    pub fn split_task(&self) -> Result<(&str, &str), MalformedMessage> {
+    pub fn split_task(&self) -> Result<(&str, &str), MessageError> {
         self.task
             .rsplit_once('.')
             .filter(|(m, t)| !m.is_empty() && !t.is_empty())
-            .ok_or_else(|| MalformedMessage(format!("task `{}` is not `module.task`", self.task)))
+            .ok_or_else(|| {
+                MessageError::Malformed(format!("task `{}` is not `module.task`", self.task))
+            })
     }
 
     pub fn to_json(&self) -> String {
@@ -110,31 +203,72 @@ mod tests {
 
     #[test]
     fn rejects_what_it_cannot_run() {
-        assert!(TaskMessage::parse("not json").is_err());
-        assert!(TaskMessage::parse("{}").is_err());
+        let parse = |s: &str| TaskMessage::parse(s, 1_000);
+        assert!(parse("not json").is_err());
+        assert!(parse("{}").is_err());
         let ok = serde_json::json!({
             "v": 1, "id": "a", "task": "math.add", "queue": "q",
             "digest": format!("sha256:{}", "0".repeat(64)), "args": [1, 2]
         });
-        assert!(TaskMessage::parse(&ok.to_string()).is_ok());
+        assert!(parse(&ok.to_string()).is_ok());
         let mut bad = ok.clone();
         bad["task"] = "add".into();
         assert!(
-            TaskMessage::parse(&bad.to_string())
+            parse(&bad.to_string())
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("module.task")
         );
         let mut bad = ok.clone();
         bad["digest"] = "md5:1".into();
-        assert!(TaskMessage::parse(&bad.to_string()).is_err());
+        assert!(parse(&bad.to_string()).is_err());
         let mut bad = ok;
         bad["v"] = 9.into();
         assert!(
-            TaskMessage::parse(&bad.to_string())
+            parse(&bad.to_string())
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("version 9")
         );
+    }
+
+    #[test]
+    fn refuses_every_out_of_range_number() {
+        let ok = serde_json::json!({
+            "v": 1, "id": "a", "task": "math.add", "queue": "q",
+            "digest": format!("sha256:{}", "0".repeat(64)), "args": [1, 2],
+            "result_ttl": 60, "eta": 2_000, "expires": 3_000, "max_retries": 3,
+            "limits": {"timeout_ms": 1000, "soft_timeout_ms": 500, "fuel": 1, "memory": 1 << 20}
+        });
+        let now = 1_000;
+        assert!(TaskMessage::parse(&ok.to_string(), now).is_ok());
+        let year_ms = bounds::MAX_HORIZON_MS;
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("/result_ttl", u64::MAX.into(), "result_ttl"),
+            ("/result_ttl", 0.into(), "result_ttl"),
+            ("/eta", (now + year_ms + 1).into(), "eta"),
+            ("/expires", u64::MAX.into(), "expires"),
+            ("/limits/timeout_ms", u64::MAX.into(), "timeout"),
+            ("/limits/timeout_ms", 0.into(), "timeout"),
+            (
+                "/limits/soft_timeout_ms",
+                1000.into(),
+                "shorter than timeout",
+            ),
+            ("/limits/fuel", 0.into(), "fuel"),
+            ("/limits/memory", u64::MAX.into(), "memory"),
+            ("/max_retries", u32::MAX.into(), "max_retries"),
+        ];
+        for (path, value, named) in cases {
+            let mut bad = ok.clone();
+            *bad.pointer_mut(path).unwrap() = value;
+            let err = TaskMessage::parse(&bad.to_string(), now).unwrap_err();
+            assert!(matches!(err, MessageError::Invalid(_)), "{path}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with("invalid message: ") && text.contains(named),
+                "{path}: {text}"
+            );
+        }
     }
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::memory::MemoryBroker;
 pub use self::redis::RedisBroker;
-pub use message::{MessageLimits, TaskMessage};
+pub use message::{MessageError, MessageLimits, TaskMessage};
 
 use crate::signing::Digest;
 
@@ -37,6 +37,39 @@ pub enum BrokerError {
     Redis(#[from] ::redis::RedisError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl BrokerError {
+    /// Whether trying the same thing again later can succeed: the
+    /// connection dropped or timed out, or Redis is loading, busy, out of
+    /// memory or failing over. Anything else (a value too large, a wrong
+    /// type, a bad argument, a script error) fails the same way every
+    /// time, so retrying it would only wedge the caller.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || matches!(
+                        e.code(),
+                        Some(
+                            "LOADING"
+                                | "BUSY"
+                                | "TRYAGAIN"
+                                | "CLUSTERDOWN"
+                                | "MASTERDOWN"
+                                | "READONLY"
+                                | "NOREPLICAS"
+                                | "NOSCRIPT"
+                                | "OOM"
+                        )
+                    )
+            }
+            BrokerError::Url { .. } | BrokerError::Corrupt(_) => false,
+        }
+    }
 }
 
 pub type BrokerResult<T> = Result<T, BrokerError>;
@@ -75,9 +108,103 @@ pub struct Delivery {
     pub queue: String,
     /// Broker-assigned id of this copy of the message (a stream id in Redis).
     pub id: String,
-    pub payload: String,
+    /// The message; only a prefix of it when it was over the fetch's
+    /// `max_message_bytes` (then `size` is larger than its length). Shared,
+    /// so completions that store it again do not copy it.
+    pub payload: Arc<str>,
+    /// Bytes of the whole message as stored.
+    pub size: usize,
     /// How many times it has been handed out, this time included.
     pub deliveries: u64,
+}
+
+impl Delivery {
+    pub fn new(queue: &str, id: String, payload: String, deliveries: u64) -> Self {
+        let size = payload.len();
+        Self {
+            queue: queue.to_string(),
+            id,
+            payload: payload.into(),
+            size,
+            deliveries,
+        }
+    }
+
+    /// The payload was cut to a prefix because the message is over the
+    /// size limit: it must not be parsed or run.
+    pub fn is_oversize(&self) -> bool {
+        self.size > self.payload.len()
+    }
+
+    /// As [`Delivery::new`], keeping at most `max` bytes of the payload
+    /// (and the first [`OVERSIZE_PREFIX`] of a longer one).
+    pub fn bounded(queue: &str, id: String, payload: String, deliveries: u64, max: usize) -> Self {
+        if payload.len() <= max {
+            return Self::new(queue, id, payload, deliveries);
+        }
+        let size = payload.len();
+        let mut d = Self::new(
+            queue,
+            id,
+            prefix(&payload, OVERSIZE_PREFIX).to_string(),
+            deliveries,
+        );
+        d.size = size;
+        d
+    }
+}
+
+/// Bytes of an oversized message kept for its dead letter.
+pub const OVERSIZE_PREFIX: usize = 1024;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char
+/// boundary.
+pub fn prefix(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// How much one fetch may bring into the worker's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchLimits {
+    /// Messages.
+    pub max: usize,
+    /// Bytes of messages in total; the first message is taken whatever its
+    /// size (up to `max_message_bytes`), so a large one cannot stall.
+    pub max_bytes: usize,
+    /// A message over this size comes back as a prefix (see
+    /// [`Delivery::is_oversize`]) without the rest of it being transferred.
+    pub max_message_bytes: usize,
+}
+
+/// A message held by some consumer, as the pending list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    pub consumer: String,
+    /// Milliseconds since it was delivered or its lease last renewed, by
+    /// the broker's clock.
+    pub idle_ms: u64,
+    pub deliveries: u64,
+}
+
+/// What became of one completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Result written and message disposed of.
+    Done,
+    /// Another consumer holds the message now (its lease passed to a live
+    /// worker): nothing was written.
+    TakenOver,
+    /// No consumer holds it any more (completed elsewhere, or lost by a
+    /// Redis restart): the result was written, the message left alone.
+    Gone,
 }
 
 /// How a held message leaves the consumer.
@@ -87,11 +214,15 @@ pub enum Disposition {
     Ack,
     /// Run again at `due_ms` as `payload` (the retry count bumped).
     Retry { payload: String, due_ms: u64 },
-    /// Move `payload` (the message as received) to the dead-letter queue
-    /// with the reason.
-    DeadLetter { reason: String, payload: String },
-    /// Hand `payload` back to the queue untouched (shutdown, not run).
-    Requeue { payload: String },
+    /// Move the message as received to the dead-letter queue with the
+    /// reason; `payload`, when set, is stored instead (a bounded stand-in
+    /// for a message too large to keep).
+    DeadLetter {
+        reason: String,
+        payload: Option<String>,
+    },
+    /// Hand the message back to the queue untouched (shutdown, not run).
+    Requeue,
 }
 
 /// A result record to store.
@@ -103,15 +234,32 @@ pub struct ResultWrite {
 }
 
 /// The end of one delivery: an optional result written first, then the
-/// message disposed of. Both take effect together. Only the dispositions
-/// that re-store the message carry it: copying every payload into every
-/// completion cost a 64 KiB copy per task in bench/compare's payload run.
+/// message disposed of. Both take effect together, and only while the
+/// consumer still holds the message.
 #[derive(Debug, Clone)]
 pub struct Completion {
     pub queue: String,
     pub delivery_id: String,
+    /// The message as received (shared with the delivery, not copied).
+    pub payload: Arc<str>,
     pub result: Option<ResultWrite>,
     pub disposition: Disposition,
+}
+
+impl Completion {
+    /// Bytes this completion sends to the broker, roughly.
+    pub fn weight(&self) -> usize {
+        let result = self.result.as_ref().map_or(0, |r| r.json.len());
+        let stored = match &self.disposition {
+            Disposition::Ack => 0,
+            Disposition::Retry { payload, .. } => payload.len(),
+            Disposition::DeadLetter { reason, payload } => {
+                reason.len() + payload.as_ref().map_or(self.payload.len(), String::len)
+            }
+            Disposition::Requeue => self.payload.len(),
+        };
+        result + stored + 128
+    }
 }
 
 /// A dead letter.
@@ -150,13 +298,10 @@ pub struct WorkerInfo {
     pub processed: u64,
     pub started_at: u64,
     pub seen_at: u64,
-}
-
-/// Messages reclaimed from dead consumers.
-#[derive(Debug, Default)]
-pub struct Reclaimed {
-    /// Now held by the reclaiming consumer.
-    pub deliveries: Vec<Delivery>,
+    /// Why the worker is not doing its job (e.g. it cannot store results),
+    /// or `None` when it is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[async_trait]
@@ -183,28 +328,64 @@ pub trait Broker: Send + Sync + 'static {
     async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()>;
     /// Prepare queues for consuming (idempotent).
     async fn declare(&self, queues: &[String]) -> BrokerResult<()>;
-    /// Take up to `max` ready messages, waiting up to `block` for the first.
+    /// Take ready messages within `limits`, waiting up to `block` for the
+    /// first.
     async fn fetch(
         &self,
         queues: &[String],
         consumer: &str,
-        max: usize,
+        limits: FetchLimits,
         block: Duration,
     ) -> BrokerResult<Vec<Delivery>>;
     /// Move due delayed messages onto their queues; returns how many moved.
     async fn promote_due(&self, queues: &[String], now_ms: u64) -> BrokerResult<usize>;
-    /// Renew the consumer's hold on these deliveries (queue, id).
-    async fn renew(&self, consumer: &str, held: &[(String, String)]) -> BrokerResult<()>;
-    /// Take over messages held longer than `min_idle` without renewal.
-    async fn reclaim(
+    /// Renew the consumer's lease on these deliveries (queue, id), but only
+    /// on those it still holds; returns the ones another consumer holds
+    /// now (or nobody does).
+    async fn renew(
+        &self,
+        consumer: &str,
+        held: &[(String, String)],
+    ) -> BrokerResult<Vec<(String, String)>>;
+    /// Messages of `queue` held by consumers other than `consumer` and not
+    /// renewed for at least `min_idle`, oldest first.
+    async fn pending(
         &self,
         queue: &str,
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> BrokerResult<Reclaimed>;
-    /// Finish deliveries: write results, then ack / retry / dead-letter / requeue.
-    async fn complete(&self, batch: &[Completion]) -> BrokerResult<()>;
+    ) -> BrokerResult<Vec<Pending>>;
+    /// Take over messages by id, each only if it is still idle for at least
+    /// its given milliseconds (so a holder that renewed keeps it). Returns
+    /// what was taken, payloads bounded by `max_message_bytes`.
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        claims: &[(String, u64)],
+        max_message_bytes: usize,
+    ) -> BrokerResult<Vec<Delivery>>;
+    /// Finish deliveries: write results, then ack / retry / dead-letter /
+    /// requeue. Each completion takes effect on its own: the outer error
+    /// means the round trip failed (nothing known), an inner one that this
+    /// completion failed (see [`BrokerError::is_transient`]).
+    async fn complete(
+        &self,
+        consumer: &str,
+        batch: &[Completion],
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>>;
+    /// Remove consumers of `queue` that hold nothing and were idle for at
+    /// least `min_idle` (`consumer`, when given, is removed at once if it
+    /// holds nothing). Returns how many went.
+    async fn prune_consumers(
+        &self,
+        queue: &str,
+        min_idle: Duration,
+        consumer: Option<&str>,
+    ) -> BrokerResult<u64>;
+    /// Whether the broker answers.
+    async fn ping(&self) -> BrokerResult<()>;
 
     // --- results ---
     /// Store (and announce) a record outside a completion, e.g. STARTED.

@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, Pipeline, RedisError, Script, Value};
+use redis::{AsyncCommands, Client, RedisError, RedisResult, Script, Value};
 use tokio::sync::Mutex;
 
 use super::results_pubsub::ResultChannels;
 use super::{
-    Broker, BrokerError, BrokerResult, Completion, DeadLetter, Delivery, Disposition, ModuleInfo,
-    Outgoing, QueueStats, Reclaimed, ResultWrite, StoredComponent, WorkerInfo, redact,
+    Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
+    FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats, ResultWrite,
+    StoredComponent, WorkerInfo, redact,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -61,6 +62,125 @@ end
 return #due
 "#;
 
+/// Takes ready messages of one queue for a consumer within a count and a
+/// byte budget, without sending more than a prefix of an oversized one:
+/// it looks at the entries after the group's last-delivered id first
+/// (XRANGE), decides how many fit, then delivers exactly those
+/// (XREADGROUP), atomically. Returns a flat array of id, payload (or
+/// prefix), full size.
+const FETCH_LUA: &str = r#"
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return redis.error_reply('NOGROUP no stream ' .. KEYS[1]) end
+local last = nil
+for _, g in ipairs(groups) do
+  local name, id = nil, nil
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] end
+    if g[i] == 'last-delivered-id' then id = g[i + 1] end
+  end
+  if name == ARGV[1] then last = id end
+end
+if not last then return redis.error_reply('NOGROUP no group on ' .. KEYS[1]) end
+local max, budget, limit, keep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', max)
+local out, bytes, n = {}, 0, 0
+for _, e in ipairs(entries) do
+  local m = ''
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'm' then m = f[i + 1] end
+  end
+  local size = #m
+  local cost = size
+  if size > limit then cost = keep end
+  if n > 0 and bytes + cost > budget then break end
+  bytes = bytes + cost
+  n = n + 1
+  if size > limit then m = string.sub(m, 1, keep) end
+  out[#out + 1] = e[1]
+  out[#out + 1] = m
+  out[#out + 1] = size
+end
+if n > 0 then
+  redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[1], '>')
+end
+return out
+"#;
+
+/// Renews a consumer's leases on the messages it still holds, and only
+/// those: renewing with a bare XCLAIM would take a message back from a
+/// worker that legitimately took it over. Returns the ids it lost.
+const RENEW_LUA: &str = r#"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"#;
+
+/// One completion, atomically: store the result, dispose of the message
+/// (retry / dead letter / requeue), ack and delete it; but only while this
+/// consumer holds it. Checks the target key's type before writing
+/// anything, so a failure leaves nothing half done. Returns 1 done,
+/// 0 taken over by another consumer, 2 held by nobody (result written).
+const COMPLETE_LUA: &str = r#"
+local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not ok then p = {} end
+local held = #p == 1 and p[1][2] == ARGV[2]
+if #p == 1 and not held then return 0 end
+local mode = ARGV[4]
+if held and mode ~= 'ack' then
+  local want = 'stream'
+  if mode == 'retry' then want = 'zset' end
+  local t = redis.call('TYPE', KEYS[3])['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[3] .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+  redis.call('PUBLISH', KEYS[2], ARGV[5])
+end
+if not held then return 2 end
+if mode == 'retry' then
+  redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
+elseif mode == 'dead' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[11], '*', 'm', ARGV[7], 'reason', ARGV[9], 'at', ARGV[10])
+elseif mode == 'requeue' then
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[7])
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// Removes consumers that hold nothing and were idle at least ARGV[2] ms,
+/// or the one named ARGV[3] if it holds nothing. Deleting a consumer that
+/// holds messages would drop them from the pending list, so never that.
+const PRUNE_LUA: &str = r#"
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local name, pending, idle = nil, nil, nil
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] end
+    if c[i] == 'pending' then pending = c[i + 1] end
+    if c[i] == 'idle' then idle = c[i + 1] end
+  end
+  if pending == 0 and (name == ARGV[3] or idle >= tonumber(ARGV[2])) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    removed = removed + 1
+  end
+end
+return removed
+"#;
+
 pub struct RedisBroker {
     client: Client,
     /// Multiplexed connection for everything that does not block.
@@ -75,6 +195,10 @@ pub struct RedisBroker {
     prefix: String,
     url: String,
     promote: Script,
+    fetch: Script,
+    renew: Script,
+    complete: Script,
+    prune: Script,
 }
 
 impl RedisBroker {
@@ -114,8 +238,10 @@ impl RedisBroker {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(6)
-            .set_max_delay(Duration::from_secs(5));
+            // Back within a second of Redis: a live worker must renew its
+            // leases before other workers judge them abandoned.
+            .set_number_of_retries(8)
+            .set_max_delay(Duration::from_secs(1));
         let conn = client
             .get_connection_manager_with_config(config.clone())
             .await?;
@@ -129,7 +255,47 @@ impl RedisBroker {
             prefix: prefix.to_string(),
             url: redact(url),
             promote: Script::new(PROMOTE_LUA),
+            fetch: Script::new(FETCH_LUA),
+            renew: Script::new(RENEW_LUA),
+            complete: Script::new(COMPLETE_LUA),
+            prune: Script::new(PRUNE_LUA),
         })
+    }
+
+    /// Run the same script once per item in one pipeline (EVALSHA), with
+    /// per-item results; loads the script and tries again if Redis lost it
+    /// (a restart).
+    async fn eval_many(
+        &self,
+        script: &Script,
+        calls: &[redis::Cmd],
+    ) -> BrokerResult<Vec<Result<Value, BrokerError>>> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for c in calls {
+            pipe.add_command(c.clone());
+        }
+        let mut out: Vec<RedisResult<Value>> = pipe.query_async(&mut conn).await?;
+        let lost: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(&out[i], Err(e) if e.code() == Some("NOSCRIPT")))
+            .collect();
+        if !lost.is_empty() {
+            script.load_async(&mut conn).await?;
+            let mut again = redis::pipe();
+            again.ignore_errors();
+            for &i in &lost {
+                again.add_command(calls[i].clone());
+            }
+            let retried: Vec<RedisResult<Value>> = again.query_async(&mut conn).await?;
+            for (i, r) in lost.into_iter().zip(retried) {
+                out[i] = r;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.map_err(BrokerError::from))
+            .collect())
     }
 
     fn key(&self, name: &str) -> String {
@@ -191,46 +357,103 @@ impl RedisBroker {
         }
     }
 
-    fn add_disposal(&self, pipe: &mut Pipeline, c: &Completion) {
+    /// The EVALSHA of one completion (see [`COMPLETE_LUA`]).
+    fn completion(&self, consumer: &str, c: &Completion, now: &str) -> redis::Cmd {
         let stream = self.stream(&c.queue);
-        match &c.disposition {
-            Disposition::Ack => {}
-            Disposition::Retry { payload, due_ms } => {
-                pipe.zadd(self.delayed(&c.queue), payload, *due_ms).ignore();
-            }
-            Disposition::DeadLetter { reason, payload } => {
-                pipe.cmd("XADD")
-                    .arg(self.dlq(&c.queue))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(DLQ_CAP)
-                    .arg("*")
-                    .arg("m")
-                    .arg(payload)
-                    .arg("reason")
-                    .arg(reason)
-                    .arg("at")
-                    .arg(now_ms())
-                    .ignore();
-            }
-            Disposition::Requeue { payload } => {
-                pipe.cmd("XADD")
-                    .arg(&stream)
-                    .arg("*")
-                    .arg("m")
-                    .arg(payload)
-                    .ignore();
+        let (mode, target, payload, due, reason): (&str, String, &str, u64, &str) =
+            match &c.disposition {
+                Disposition::Ack => ("ack", stream.clone(), "", 0, ""),
+                Disposition::Retry { payload, due_ms } => {
+                    ("retry", self.delayed(&c.queue), payload, *due_ms, "")
+                }
+                Disposition::DeadLetter { reason, payload } => (
+                    "dead",
+                    self.dlq(&c.queue),
+                    payload.as_deref().unwrap_or(&c.payload),
+                    0,
+                    reason,
+                ),
+                Disposition::Requeue => ("requeue", stream.clone(), &c.payload, 0, ""),
+            };
+        let (result_key, json, ttl) = match &c.result {
+            Some(r) => (
+                self.result_key(&r.task_id),
+                r.json.as_str(),
+                r.ttl.as_secs().max(1),
+            ),
+            None => (self.key("result:-"), "", 1),
+        };
+        let mut cmd = evalsha(&self.complete, &[stream, result_key, target]);
+        cmd.arg(GROUP)
+            .arg(consumer)
+            .arg(&c.delivery_id)
+            .arg(mode)
+            .arg(json)
+            .arg(ttl)
+            .arg(payload)
+            .arg(due)
+            .arg(reason)
+            .arg(now)
+            .arg(DLQ_CAP);
+        cmd
+    }
+
+    /// Delivery counts of pending entries between two ids.
+    async fn pending_range(
+        &self,
+        stream: &str,
+        first: &str,
+        last: &str,
+        max: usize,
+    ) -> BrokerResult<HashMap<String, u64>> {
+        let reply: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(first)
+            .arg(last)
+            .arg(max.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        let mut out = HashMap::new();
+        if let Value::Array(rows) = reply {
+            for row in rows {
+                if let Value::Array(f) = row
+                    && let (Some(id), Some(n)) =
+                        (f.first().and_then(as_string), f.get(3).and_then(as_u64))
+                {
+                    out.insert(id, n);
+                }
             }
         }
-        // Acknowledge and delete together: the stream holds only what is
-        // still to be done, so its length is the queue depth.
-        pipe.cmd("XACK")
-            .arg(&stream)
-            .arg(GROUP)
-            .arg(&c.delivery_id)
-            .ignore();
-        pipe.cmd("XDEL").arg(&stream).arg(&c.delivery_id).ignore();
+        Ok(out)
     }
+}
+
+/// EVALSHA of `script` over `keys`; the caller adds the arguments.
+fn evalsha(script: &Script, keys: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
+    cmd
+}
+
+/// The reply of [`FETCH_LUA`]: id, payload (or prefix), size, repeated.
+fn fetched(queue: &str, v: Value) -> Vec<Delivery> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut it = items.into_iter();
+    while let (Some(id), Some(payload), Some(size)) = (it.next(), it.next(), it.next()) {
+        let (Some(id), Some(payload), Some(size)) =
+            (as_string(&id), into_string(payload), as_u64(&size))
+        else {
+            continue;
+        };
+        let mut d = Delivery::new(queue, id, payload, 1);
+        d.size = usize::try_from(size).unwrap_or(usize::MAX).max(d.size);
+        out.push(d);
+    }
+    out
 }
 
 #[async_trait]
@@ -375,16 +598,52 @@ impl Broker for RedisBroker {
         &self,
         queues: &[String],
         consumer: &str,
-        max: usize,
+        limits: FetchLimits,
         block: Duration,
     ) -> BrokerResult<Vec<Delivery>> {
+        // First what is ready, within the budget, without blocking.
+        let calls: Vec<redis::Cmd> = queues
+            .iter()
+            .map(|q| {
+                let mut c = evalsha(&self.fetch, &[self.stream(q)]);
+                c.arg(GROUP)
+                    .arg(consumer)
+                    .arg(limits.max.max(1))
+                    .arg(limits.max_bytes)
+                    .arg(limits.max_message_bytes)
+                    .arg(OVERSIZE_PREFIX);
+                c
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut missing_group = false;
+        for (q, reply) in queues
+            .iter()
+            .zip(self.eval_many(&self.fetch, &calls).await?)
+        {
+            match reply {
+                Ok(v) => out.extend(fetched(q, v)),
+                Err(BrokerError::Redis(e)) if e.code() == Some("NOGROUP") => missing_group = true,
+                Err(e) => return Err(e),
+            }
+        }
+        if missing_group {
+            // The group vanished: Redis restarted without persistence, or
+            // the stream was deleted. Recreate it and read on.
+            self.declare(queues).await?;
+        }
+        if !out.is_empty() || block.is_zero() {
+            return Ok(out);
+        }
+        // Nothing ready: wait for the next message (one per queue, so at
+        // most one message of unknown size per queue is read this way).
         let keys: Vec<String> = queues.iter().map(|q| self.stream(q)).collect();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(consumer)
             .arg("COUNT")
-            .arg(max.max(1))
+            .arg(1)
             .arg("BLOCK")
             .arg(block.as_millis().max(1) as u64)
             .arg("STREAMS")
@@ -398,29 +657,27 @@ impl Broker for RedisBroker {
         };
         let reply = match reply {
             Ok(v) => v,
-            // The group vanished: Redis restarted without persistence, or
-            // the stream was deleted. Recreate it and read on.
             Err(e) if e.code() == Some("NOGROUP") => {
                 self.declare(queues).await?;
                 return Ok(Vec::new());
             }
             Err(e) => return Err(e.into()),
         };
-        let mut out = Vec::new();
         for (key, entries) in stream_entries(reply) {
             let queue = queues
                 .iter()
                 .zip(&keys)
                 .find(|(_, k)| **k == key)
-                .map(|(q, _)| q.clone())
+                .map(|(q, _)| q.as_str())
                 .unwrap_or_default();
             for (id, payload) in entries {
-                out.push(Delivery {
-                    queue: queue.clone(),
+                out.push(Delivery::bounded(
+                    queue,
                     id,
-                    payload: payload.unwrap_or_default(),
-                    deliveries: 1,
-                });
+                    payload.unwrap_or_default(),
+                    1,
+                    limits.max_message_bytes,
+                ));
             }
         }
         Ok(out)
@@ -443,88 +700,114 @@ impl Broker for RedisBroker {
         Ok(moved)
     }
 
-    async fn renew(&self, consumer: &str, held: &[(String, String)]) -> BrokerResult<()> {
-        if held.is_empty() {
-            return Ok(());
+    async fn renew(
+        &self,
+        consumer: &str,
+        held: &[(String, String)],
+    ) -> BrokerResult<Vec<(String, String)>> {
+        let mut by_queue: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (q, id) in held {
+            by_queue.entry(q).or_default().push(id);
         }
-        // XCLAIM with min-idle 0 and JUSTID resets the idle time without
-        // counting a delivery: the lease is renewed.
-        let mut pipe = redis::pipe();
-        for (queue, id) in held {
-            pipe.cmd("XCLAIM")
-                .arg(self.stream(queue))
-                .arg(GROUP)
-                .arg(consumer)
-                .arg(0)
-                .arg(id)
-                .arg("JUSTID")
-                .ignore();
+        let queues: Vec<&str> = by_queue.keys().copied().collect();
+        let calls: Vec<redis::Cmd> = queues
+            .iter()
+            .map(|q| {
+                let mut c = evalsha(&self.renew, &[self.stream(q)]);
+                c.arg(GROUP).arg(consumer).arg(&by_queue[q]);
+                c
+            })
+            .collect();
+        let mut lost = Vec::new();
+        for (q, reply) in queues
+            .iter()
+            .zip(self.eval_many(&self.renew, &calls).await?)
+        {
+            if let Value::Array(ids) = reply? {
+                lost.extend(
+                    ids.iter()
+                        .filter_map(as_string)
+                        .map(|id| (q.to_string(), id)),
+                );
+            }
         }
-        let _: () = pipe.query_async(&mut self.conn()).await?;
-        Ok(())
+        Ok(lost)
     }
 
-    async fn reclaim(
+    async fn pending(
         &self,
         queue: &str,
         consumer: &str,
         min_idle: Duration,
         max: usize,
-    ) -> BrokerResult<Reclaimed> {
-        let stream = self.stream(queue);
-        let idle = min_idle.as_millis() as u64;
-        let pending: Result<Value, RedisError> = redis::cmd("XPENDING")
-            .arg(&stream)
+    ) -> BrokerResult<Vec<Pending>> {
+        let reply: Result<Value, RedisError> = redis::cmd("XPENDING")
+            .arg(self.stream(queue))
             .arg(GROUP)
             .arg("IDLE")
-            .arg(idle)
+            .arg(min_idle.as_millis() as u64)
             .arg("-")
             .arg("+")
             .arg(max.max(1))
             .query_async(&mut self.conn())
             .await;
-        let pending = match pending {
-            Ok(v) => v,
-            Err(e) if e.code() == Some("NOGROUP") => return Ok(Reclaimed::default()),
+        let rows = match reply {
+            Ok(Value::Array(rows)) => rows,
+            Ok(_) => return Ok(Vec::new()),
+            Err(e) if e.code() == Some("NOGROUP") => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
         // [id, consumer, idle ms, times delivered]
-        let mut counts = Vec::new();
-        if let Value::Array(rows) = pending {
-            for row in rows {
-                if let Value::Array(f) = row
-                    && let (Some(id), Some(n)) =
-                        (f.first().and_then(as_string), f.get(3).and_then(as_u64))
-                {
-                    counts.push((id, n));
-                }
-            }
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let Value::Array(f) = row else { return None };
+                Some(Pending {
+                    id: f.first().and_then(as_string)?,
+                    consumer: f.get(1).and_then(as_string)?,
+                    idle_ms: f.get(2).and_then(as_u64)?,
+                    deliveries: f.get(3).and_then(as_u64)?,
+                })
+            })
+            .filter(|p| p.consumer != consumer)
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        claims: &[(String, u64)],
+        max_message_bytes: usize,
+    ) -> BrokerResult<Vec<Delivery>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
         }
-        if counts.is_empty() {
-            return Ok(Reclaimed::default());
+        let stream = self.stream(queue);
+        // One XCLAIM per message, each with its own min-idle: the claim
+        // succeeds only if nobody renewed the lease since it was judged
+        // abandoned.
+        let mut pipe = redis::pipe();
+        for (id, min_idle) in claims {
+            pipe.cmd("XCLAIM")
+                .arg(&stream)
+                .arg(GROUP)
+                .arg(consumer)
+                .arg(*min_idle)
+                .arg(id);
         }
-        // The same min-idle on the claim: a holder that renewed in the
-        // meantime keeps its message.
-        let claimed: Value = redis::cmd("XCLAIM")
-            .arg(&stream)
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(idle)
-            .arg(counts.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-            .query_async(&mut self.conn())
-            .await?;
-        let mut out = Reclaimed::default();
+        let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
+        let mut out = Vec::new();
         let mut ghosts = Vec::new();
-        for (id, payload) in entries_of(claimed) {
-            let previous = counts.iter().find(|(i, _)| *i == id).map_or(0, |(_, n)| *n);
-            match payload {
-                Some(payload) => out.deliveries.push(Delivery {
-                    queue: queue.to_string(),
-                    id,
-                    payload,
-                    deliveries: previous + 1,
-                }),
-                None => ghosts.push(id),
+        for reply in replies {
+            for (id, payload) in entries_of(reply) {
+                match payload {
+                    // The delivery count is read again from the pending list.
+                    Some(payload) => {
+                        out.push(Delivery::bounded(queue, id, payload, 0, max_message_bytes))
+                    }
+                    None => ghosts.push(id),
+                }
             }
         }
         if !ghosts.is_empty() {
@@ -536,27 +819,62 @@ impl Broker for RedisBroker {
                 .query_async(&mut self.conn())
                 .await?;
         }
+        if !out.is_empty() {
+            let first = out.iter().map(|d| d.id.as_str()).min().unwrap_or("-");
+            let last = out.iter().map(|d| d.id.as_str()).max().unwrap_or("+");
+            let counts = self.pending_range(&stream, first, last, out.len()).await?;
+            for d in &mut out {
+                d.deliveries = counts.get(&d.id).copied().unwrap_or(1);
+            }
+        }
         Ok(out)
     }
 
-    async fn complete(&self, batch: &[Completion]) -> BrokerResult<()> {
+    async fn complete(
+        &self,
+        consumer: &str,
+        batch: &[Completion],
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        // One MULTI/EXEC: results are written and messages disposed of
-        // together, so no crash can ack a task whose result was not stored
-        // or lose a retry between ack and reschedule.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for c in batch {
-            if let Some(r) = &c.result {
-                let key = self.result_key(&r.task_id);
-                pipe.set_ex(&key, &r.json, r.ttl.as_secs().max(1)).ignore();
-                pipe.publish(&key, &r.json).ignore();
-            }
-            self.add_disposal(&mut pipe, c);
-        }
-        let _: () = pipe.query_async(&mut self.conn()).await?;
+        let now = now_ms().to_string();
+        let calls: Vec<redis::Cmd> = batch
+            .iter()
+            .map(|c| self.completion(consumer, c, &now))
+            .collect();
+        let replies = self.eval_many(&self.complete, &calls).await?;
+        Ok(replies
+            .into_iter()
+            .map(|r| {
+                r.map(|v| match v {
+                    Value::Int(1) => Completed::Done,
+                    Value::Int(2) => Completed::Gone,
+                    _ => Completed::TakenOver,
+                })
+            })
+            .collect())
+    }
+
+    async fn prune_consumers(
+        &self,
+        queue: &str,
+        min_idle: Duration,
+        consumer: Option<&str>,
+    ) -> BrokerResult<u64> {
+        let n: u64 = self
+            .prune
+            .key(self.stream(queue))
+            .arg(GROUP)
+            .arg(min_idle.as_millis() as u64)
+            .arg(consumer.unwrap_or(""))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n)
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
     }
 
@@ -580,43 +898,58 @@ impl Broker for RedisBroker {
         let deadline = tokio::time::Instant::now() + timeout;
         let key = self.result_key(task_id);
         let mut latest = None;
+        let mut failures = 0u32;
         // Subscribe first, then read: a result written in between is seen
-        // by one or the other.
+        // by one or the other. Redis going away (a restart) is waited out
+        // until the deadline, resubscribing when it is back.
         while tokio::time::Instant::now() < deadline {
-            let subscribed = tokio::time::timeout_at(deadline, async {
-                self.result_channels()
+            let attempt = async {
+                let mut sub = self
+                    .result_channels()
                     .await?
                     .subscribe(&key)
                     .await
-                    .map_err(BrokerError::from)
-            });
-            let mut sub = match subscribed.await {
-                Ok(s) => s?,
-                Err(_) => break,
-            };
-            let current: Option<String> = self.conn().get(&key).await?;
-            if let Some(json) = current {
-                if state_of(&json).is_some_and(|s| s.is_final()) {
-                    return Ok(Some(json));
-                }
-                latest = Some(json);
-            }
-            loop {
-                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
-                    Ok(Some(json)) => {
-                        let done = state_of(&json).is_some_and(|s| s.is_final());
-                        latest = Some(json);
-                        if done {
-                            return Ok(latest);
-                        }
+                    .map_err(BrokerError::from)?;
+                let current: Option<String> = self.conn().get(&key).await?;
+                if let Some(json) = current {
+                    if state_of(&json).is_some_and(|s| s.is_final()) {
+                        return Ok::<_, BrokerError>(Some(json));
                     }
-                    // Connection lost: subscribe again on a new one.
-                    Ok(None) => break,
-                    Err(_) => return Ok(self.get_result(task_id).await?.or(latest)),
+                    latest = Some(json);
                 }
+                // Connected: a later failure starts its backoff afresh.
+                failures = 0;
+                while let Some(json) = sub.rx.recv().await {
+                    let done = state_of(&json).is_some_and(|s| s.is_final());
+                    latest = Some(json);
+                    if done {
+                        return Ok(latest.clone());
+                    }
+                }
+                // Connection lost: subscribe again on a new one.
+                Ok(None)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(Some(done))) => return Ok(Some(done)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) if e.is_transient() => {
+                    failures += 1;
+                    let wait = Duration::from_millis(50u64 << failures.min(4));
+                    tracing::debug!(error = %e, retry_in = ?wait, "waiting for a result: broker unreachable");
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
             }
         }
-        Ok(self.get_result(task_id).await?.or(latest))
+        match self.get_result(task_id).await {
+            Ok(r) => Ok(r.or(latest)),
+            Err(e) if latest.is_some() && e.is_transient() => Ok(latest),
+            Err(e) => Err(e),
+        }
     }
 
     async fn dlq_list(&self, queue: &str, limit: usize) -> BrokerResult<Vec<DeadLetter>> {

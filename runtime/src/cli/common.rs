@@ -31,10 +31,20 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
+        use crate::broker::message::bounds::{MAX_MEMORY, MAX_TIMEOUT_MS};
+        if self.timeout.is_zero() || self.timeout > Duration::from_millis(MAX_TIMEOUT_MS) {
+            anyhow::bail!("--timeout must be between 1ms and 7 days");
+        }
         if let Some(soft) = self.soft_timeout
             && soft >= self.timeout
         {
             anyhow::bail!("--soft-timeout must be shorter than --timeout");
+        }
+        if self.fuel == 0 {
+            anyhow::bail!("--fuel must be at least 1");
+        }
+        if self.memory == 0 || self.memory > MAX_MEMORY {
+            anyhow::bail!("--memory must be between 1 byte and 1 TiB");
         }
         Ok(Limits {
             timeout: self.timeout,

@@ -32,6 +32,9 @@ pub mod exit {
     pub const UNTRUSTED: u8 = 3;
     /// Waited for a result that did not come in time.
     pub const TIMEOUT: u8 = 4;
+    /// The broker could not be reached (and, when waiting, stayed so until
+    /// the deadline).
+    pub const UNREACHABLE: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -108,6 +111,10 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(e) if broker_unreachable(&e) => {
+            eprintln!("error: broker unreachable: {}", one_line(&format!("{e:#}")));
+            ExitCode::from(exit::UNREACHABLE)
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(exit::ERROR)
@@ -130,6 +137,22 @@ fn init_logging(verbose: u8, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Whether `e` comes from a broker that did not answer (as opposed to bad
+/// input or a refusal).
+fn broker_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let broker = cause
+            .downcast_ref::<crate::broker::BrokerError>()
+            .or_else(
+                || match cause.downcast_ref::<crate::client::ClientError>() {
+                    Some(crate::client::ClientError::Broker(b)) => Some(b),
+                    _ => None,
+                },
+            );
+        broker.is_some_and(|b| b.is_transient())
+    })
 }
 
 /// Errors and causes are printed on one line so scripts can grep them.

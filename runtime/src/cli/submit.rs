@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 use super::common::{BrokerArgs, parse_call_json, print_outcome};
 use super::{exit, runtime};
 use crate::broker::MessageLimits;
-use crate::client::{SubmitOptions, TaskRequest, submit, submit_and_wait};
+use crate::client::{SubmitOptions, TaskRequest, submit, submit_and_wait_with};
 use crate::units::{parse_duration, parse_size};
 
 #[derive(clap::Args)]
@@ -65,17 +65,34 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
         .map_err(|e| format!("invalid time `{s}`: {e} (example: 2026-11-24T18:00:00Z)"))
 }
 
+/// `now + d`, refusing a duration so long the clock cannot hold it.
+fn from_now(now: SystemTime, d: Duration, flag: &str) -> anyhow::Result<SystemTime> {
+    now.checked_add(d)
+        .ok_or_else(|| anyhow::anyhow!("{flag} is out of range: more than 365 days ahead"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (positional, kwargs) = parse_call_json(&args.args, &args.kwargs)?;
     let now = SystemTime::now();
+    let countdown = args
+        .countdown
+        .map(|d| from_now(now, d, "--countdown"))
+        .transpose()?;
     let options = SubmitOptions {
         queue: args.queue.clone(),
-        eta: args.eta.or(args.countdown.map(|d| now + d)),
-        expires: args.expires.map(|d| now + d),
+        eta: args.eta.or(countdown),
+        expires: args
+            .expires
+            .map(|d| from_now(now, d, "--expires"))
+            .transpose()?,
         max_retries: args.max_retries,
         limits: MessageLimits {
-            timeout_ms: args.timeout.map(|d| d.as_millis() as u64),
-            soft_timeout_ms: args.soft_timeout.map(|d| d.as_millis() as u64),
+            timeout_ms: args.timeout.map(millis),
+            soft_timeout_ms: args.soft_timeout.map(millis),
             fuel: args.fuel,
             memory: args.memory,
         },
@@ -94,8 +111,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("{id}");
             return Ok(ExitCode::SUCCESS);
         }
-        let (id, record) =
-            submit_and_wait(broker.as_ref(), request, &options, args.wait_timeout).await?;
+        // The id goes to stderr at once: if the wait fails, the caller can
+        // still fetch the result later with `celeriac result ID`.
+        let (id, record) = submit_and_wait_with(
+            broker.as_ref(),
+            request,
+            &options,
+            args.wait_timeout,
+            |id| eprintln!("{id}"),
+        )
+        .await?;
         match record {
             Some(record) if record.state.is_final() => Ok(ExitCode::from(print_outcome(&record))),
             other => {

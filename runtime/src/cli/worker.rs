@@ -11,7 +11,7 @@ use crate::broker;
 use crate::client::validate_queue;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::TrustStore;
-use crate::units::parse_duration;
+use crate::units::{parse_duration, parse_size};
 use crate::worker::{Backoff, Worker, WorkerConfig, default_worker_id, install_prometheus};
 
 #[derive(clap::Args)]
@@ -25,9 +25,22 @@ pub struct Args {
     /// Tasks run at once.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
-    /// Messages held beyond the running ones.
-    #[arg(long, default_value_t = 64)]
+    /// Most messages held beyond the running ones; fewer when tasks are
+    /// long (about 50 ms of work per slot), none until the first finishes.
+    #[arg(long, default_value_t = WorkerConfig::DEFAULT_PREFETCH)]
     prefetch: u32,
+    /// Most bytes of messages held at once.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    prefetch_bytes: u64,
+    /// Larger messages are dead-lettered unread.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    max_message_size: u64,
+    /// A larger result (as JSON) fails the task instead of being stored.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    max_result_size: u64,
+    /// Failure messages and dead-letter reasons are cut to this.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8KiB")]
+    max_error_size: u64,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9187.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -43,7 +56,7 @@ pub struct Args {
     /// Result expiry when the message does not set one.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "24h")]
     result_ttl: Duration,
-    /// Default limits for tasks whose messages set none.
+    /// Limits for tasks: the defaults, and ceilings no message can raise.
     #[command(flatten)]
     limits: LimitArgs,
     /// Delay before the first retry; doubles each time.
@@ -69,6 +82,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for q in &args.queues {
         validate_queue(q)?;
     }
+    let max_ttl = Duration::from_secs(crate::broker::message::bounds::MAX_RESULT_TTL_SECS);
+    if args.result_ttl.is_zero() || args.result_ttl > max_ttl {
+        anyhow::bail!("--result-ttl must be between 1s and 365 days");
+    }
+    if args.visibility_timeout < Duration::from_secs(1) {
+        anyhow::bail!("--visibility-timeout must be at least 1s");
+    }
     let trust = TrustStore::load(&args.trust)?;
     let concurrency = args.concurrency.max(1);
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
@@ -80,6 +100,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         queues: args.queues.clone(),
         concurrency,
         prefetch: args.prefetch,
+        prefetch_bytes: size_arg("--prefetch-bytes", args.prefetch_bytes, 1)?,
+        max_message_bytes: size_arg("--max-message-size", args.max_message_size, 1024)?,
+        max_result_bytes: size_arg("--max-result-size", args.max_result_size, 1024)?,
+        max_error_bytes: size_arg("--max-error-size", args.max_error_size, 256)?,
         visibility_timeout: args.visibility_timeout,
         max_deliveries: args.max_deliveries.max(1),
         limits: args.limits.limits()?,
@@ -125,6 +149,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!(processed = summary.processed, handed_back = summary.requeued_on_shutdown, "worker stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// A size flag within what Redis can store in one value (512 MiB) and at
+/// least `min` bytes.
+fn size_arg(flag: &str, value: u64, min: u64) -> anyhow::Result<usize> {
+    const REDIS_MAX: u64 = 512 << 20;
+    if value < min || value > REDIS_MAX {
+        anyhow::bail!(
+            "{flag} {} is out of range ({} to 512 MiB)",
+            crate::units::format_size(value),
+            crate::units::format_size(min)
+        );
+    }
+    Ok(value as usize)
 }
 
 /// First SIGTERM / SIGINT: graceful shutdown. Second: quit now (held

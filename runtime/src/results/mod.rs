@@ -66,6 +66,20 @@ pub struct ResultRecord {
     /// For RETRY: when the next attempt is due, Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<u64>,
+    /// The limits the task ran under: what it asked for, capped by the
+    /// worker's ceilings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RecordLimits>,
+}
+
+/// Effective limits of a run, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordLimits {
+    pub timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_timeout_ms: Option<u64>,
+    pub fuel: u64,
+    pub memory: u64,
 }
 
 impl ResultRecord {

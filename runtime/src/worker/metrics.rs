@@ -35,6 +35,20 @@ pub(super) fn task_ran(task: &str, runtime: Duration, fuel: Option<u64>) {
     }
 }
 
+/// A completion Redis refused for good, replaced by a FAILURE.
+pub(super) fn store_refused() {
+    counter!("celeriac_results_refused_total").increment(1);
+}
+
+pub(super) fn leases_lost(n: usize) {
+    counter!("celeriac_leases_lost_total").increment(n as u64);
+}
+
+/// 0 while the worker stands down (it cannot store results).
+pub(super) fn healthy(ok: bool) {
+    gauge!("celeriac_worker_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
 pub(super) fn slots_busy(n: u32) {
     gauge!("celeriac_worker_slots_busy").set(n as f64);
 }

@@ -2,24 +2,31 @@
 //! the result and only then acknowledges (acks late).
 //!
 //! Tasks inside one worker process:
-//! - the fetcher keeps up to `concurrency + prefetch` messages held and
-//!   spawns one future per message; `concurrency` of them run at a time;
-//! - the finisher writes results and acks in batches (one round trip for
-//!   many tasks);
-//! - the keeper renews the lease on everything held, promotes due delayed
-//!   messages, reclaims messages of dead workers and sends heartbeats.
+//! - the fetch loop (in [`Worker::run`]) keeps messages in hand, paced by
+//!   count ([`pacing`]) and by bytes, and spawns one future per message;
+//!   `concurrency` of them run at a time, taken-over ones first ([`slots`]);
+//! - each message goes admit (size, parse, validation, poison, expiry,
+//!   eta) -> resolve component -> run -> settle ([`settle`], pure);
+//! - the finisher writes results and acks in batches, telling failures
+//!   Redis will repeat from those that pass ([`Worker::finisher`]);
+//! - the lease keeper renews what this worker holds, and only that;
+//! - the keeper promotes due delayed messages, takes over messages of dead
+//!   workers ([`leases`]), prunes their consumers and sends heartbeats.
 
 mod backoff;
 mod components;
+mod leases;
 mod metrics;
+mod pacing;
+mod settle;
+mod slots;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -27,14 +34,19 @@ use tracing::Instrument;
 pub use backoff::Backoff;
 pub use metrics::install_prometheus;
 
-use crate::broker::message::salvage_id;
+use crate::broker::message::{bounds, salvage_id};
 use crate::broker::{
-    Broker, Completion, Delivery, Disposition, ResultWrite, TaskMessage, WorkerInfo,
+    Broker, BrokerError, Completed, Completion, Delivery, Disposition, FetchLimits, ResultWrite,
+    TaskMessage, WorkerInfo, prefix,
 };
-use crate::results::{ErrorInfo, ResultRecord, TaskState, now_ms};
-use crate::sandbox::{Limits, Sandbox, TaskCall, TaskError};
+use crate::results::{ErrorInfo, RecordLimits, ResultRecord, TaskState, now_ms};
+use crate::sandbox::{Limits, Sandbox, TaskCall};
 use crate::signing::TrustStore;
+use crate::units::format_size;
 use components::{ComponentCache, LoadError};
+use leases::{Orphans, Watch};
+use settle::{Rules, Verdict, clip, refuse, settle};
+use slots::{Lane, Slots};
 
 /// How a worker behaves; every field has a serviceable default.
 #[derive(Debug, Clone)]
@@ -43,14 +55,24 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Tasks run at once.
     pub concurrency: u32,
-    /// Messages held beyond those running, so the next task starts without
-    /// a round trip.
+    /// Most messages held beyond those running. The worker holds fewer
+    /// when tasks are long (see `pacing`): enough for about 50 ms of work
+    /// per slot.
     pub prefetch: u32,
+    /// Most bytes of messages held at once (running and waiting).
+    pub prefetch_bytes: usize,
+    /// Messages larger than this are dead-lettered unread (a prefix kept).
+    pub max_message_bytes: usize,
+    /// A result larger than this (as JSON) fails the task instead.
+    pub max_result_bytes: usize,
+    /// Failure messages and dead-letter reasons are cut to this.
+    pub max_error_bytes: usize,
     /// A held message not renewed for this long is handed to another worker.
     pub visibility_timeout: Duration,
     /// Deliveries after which a message that never completes is dead-lettered.
     pub max_deliveries: u64,
-    /// Limits for messages that do not set their own.
+    /// Limits for messages that set none, and ceilings for those that do:
+    /// a message may ask for less, never more (more is cut to these).
     pub limits: Limits,
     pub result_ttl: Duration,
     pub backoff: Backoff,
@@ -62,13 +84,24 @@ pub struct WorkerConfig {
     pub track_started: bool,
 }
 
+impl WorkerConfig {
+    pub const DEFAULT_PREFETCH: u32 = 64;
+    pub const DEFAULT_PREFETCH_BYTES: usize = 64 << 20;
+    pub const DEFAULT_MAX_RESULT_BYTES: usize = 16 << 20;
+    pub const DEFAULT_MAX_ERROR_BYTES: usize = 8 << 10;
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             id: default_worker_id(),
             queues: vec!["default".into()],
             concurrency: 2,
-            prefetch: 64,
+            prefetch: Self::DEFAULT_PREFETCH,
+            prefetch_bytes: Self::DEFAULT_PREFETCH_BYTES,
+            max_message_bytes: bounds::DEFAULT_MAX_MESSAGE_BYTES,
+            max_result_bytes: Self::DEFAULT_MAX_RESULT_BYTES,
+            max_error_bytes: Self::DEFAULT_MAX_ERROR_BYTES,
             visibility_timeout: Duration::from_secs(60),
             max_deliveries: 5,
             limits: Limits::default(),
@@ -106,15 +139,48 @@ pub struct WorkerSummary {
     pub requeued_on_shutdown: u64,
 }
 
+/// Results this worker could not store, since when and why.
+#[derive(Default)]
+struct StoreHealth {
+    failing: Mutex<Option<(Instant, String)>>,
+}
+
+impl StoreHealth {
+    fn failed(&self, why: &str) {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = Some((Instant::now(), why.to_string()));
+        }
+    }
+
+    fn ok(&self) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why the worker should stand down: it has not been able to store
+    /// results for longer than `limit`.
+    fn problem(&self, limit: Duration) -> Option<String> {
+        let f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, why) = f.as_ref()?;
+        let for_ = since.elapsed();
+        (for_ > limit).then(|| format!("cannot store results for {}s: {why}", for_.as_secs()))
+    }
+}
+
 pub struct Worker {
     broker: Arc<dyn Broker>,
     sandbox: Arc<Sandbox>,
     components: ComponentCache,
     config: WorkerConfig,
+    rules: Rules,
     /// (queue, delivery id) of every message this worker holds.
     held: Mutex<HashSet<(String, String)>>,
+    /// Bytes of the messages held.
+    held_bytes: AtomicUsize,
     busy: AtomicU32,
     processed: AtomicU64,
+    mean_runtime: pacing::MeanRuntime,
+    store: StoreHealth,
     started_at: u64,
     host: String,
 }
@@ -130,10 +196,18 @@ impl Worker {
             components: ComponentCache::new(broker.clone(), sandbox.clone(), trust),
             broker,
             sandbox,
+            rules: Rules {
+                backoff: config.backoff,
+                max_result_bytes: config.max_result_bytes,
+                max_error_bytes: config.max_error_bytes,
+            },
             config,
             held: Mutex::new(HashSet::new()),
+            held_bytes: AtomicUsize::new(0),
             busy: AtomicU32::new(0),
             processed: AtomicU64::new(0),
+            mean_runtime: Default::default(),
+            store: StoreHealth::default(),
             started_at: now_ms(),
             host: hostname(),
         })
@@ -147,6 +221,11 @@ impl Worker {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Why this worker is standing down, if it is.
+    fn problem(&self) -> Option<String> {
+        self.store.problem(self.config.visibility_timeout)
+    }
+
     /// Consume until `shutdown` is cancelled, then stop taking work, let
     /// running tasks finish within the grace period, hand back the rest
     /// and flush every result.
@@ -155,9 +234,14 @@ impl Worker {
         let finisher = tokio::spawn(self.clone().finisher(done_rx));
         let (reclaimed_tx, mut reclaimed_rx) = mpsc::unbounded_channel::<Delivery>();
         let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(self.clone().keeper(keeper_stop.clone(), reclaimed_tx));
+        let keeper = tokio::spawn(self.clone().keeper(
+            keeper_stop.clone(),
+            shutdown.clone(),
+            reclaimed_tx,
+        ));
+        let leases = tokio::spawn(self.clone().lease_keeper(keeper_stop.clone()));
 
-        let slots = Arc::new(Semaphore::new(self.config.concurrency as usize));
+        let slots = Slots::new(self.config.concurrency as usize);
         let mut tasks = JoinSet::new();
         let tokens = Tokens {
             shutdown: shutdown.clone(),
@@ -167,21 +251,47 @@ impl Worker {
         self.declare_with_retry(&shutdown).await;
         tracing::info!(worker = %self.config.id, queues = ?self.config.queues, concurrency = self.config.concurrency, broker = %self.broker.describe(), "worker started");
 
-        let capacity = (self.config.concurrency + self.config.prefetch).max(1) as usize;
+        let concurrency = self.config.concurrency.max(1) as usize;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             while let Ok(d) = reclaimed_rx.try_recv() {
-                self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
+                self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
             }
-            let room = capacity.saturating_sub(tasks.len());
-            if room == 0 {
+            if let Some(problem) = self.problem() {
+                // Results cannot be stored: take nothing more until they can.
+                tracing::warn!(%problem, "not fetching");
                 tokio::select! {
-                    _ = tasks.join_next() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.cancelled() => break,
                 }
                 continue;
             }
+            let extra = pacing::prefetch(
+                self.config.prefetch,
+                self.config.concurrency,
+                self.mean_runtime.get(),
+            ) as usize;
+            let room = (concurrency + extra).saturating_sub(tasks.len());
+            let bytes_room = self
+                .config
+                .prefetch_bytes
+                .saturating_sub(self.held_bytes.load(Ordering::Relaxed));
+            if room == 0 || (bytes_room == 0 && !tasks.is_empty()) {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    d = reclaimed_rx.recv() => if let Some(d) = d {
+                        self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
+                    },
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let limits = FetchLimits {
+                max: room,
+                max_bytes: bytes_room.max(1),
+                max_message_bytes: self.config.max_message_bytes,
+            };
             // Not raced against shutdown: a read cancelled mid-flight would
             // leave its messages held by nobody until the visibility timeout.
             // It blocks for at most a second; what it brings after a
@@ -191,7 +301,7 @@ impl Worker {
                 .fetch(
                     &self.config.queues,
                     &self.config.id,
-                    room,
+                    limits,
                     Duration::from_secs(1),
                 )
                 .await
@@ -199,7 +309,7 @@ impl Worker {
                 Ok(deliveries) => {
                     failures = 0;
                     for d in deliveries {
-                        self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
+                        self.spawn_delivery(&mut tasks, d, Lane::Normal, &slots, &tokens, &done_tx);
                     }
                 }
                 Err(e) => {
@@ -215,10 +325,10 @@ impl Worker {
                 }
             }
         }
-        while let Ok(d) = reclaimed_rx.try_recv() {
-            self.spawn_delivery(&mut tasks, d, &slots, &tokens, &done_tx);
-        }
         tokens.fetch_stopped.cancel();
+        while let Ok(d) = reclaimed_rx.try_recv() {
+            self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
+        }
 
         // Shutdown: messages still waiting for a slot go back at once (they
         // see `shutdown`); running ones get the grace period.
@@ -234,8 +344,24 @@ impl Worker {
         }
         keeper_stop.cancel();
         let _ = keeper.await;
+        let _ = leases.await;
+        // Anything taken over while shutting down goes straight back.
+        while let Ok(d) = reclaimed_rx.try_recv() {
+            self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
+        }
+        while tasks.join_next().await.is_some() {}
         drop(done_tx);
         let requeued = finisher.await.unwrap_or(0);
+        for q in &self.config.queues {
+            // Holding nothing now: this worker's consumer can go.
+            if let Err(e) = self
+                .broker
+                .prune_consumers(q, Duration::MAX, Some(&self.config.id))
+                .await
+            {
+                tracing::warn!(queue = %q, error = %e, "could not remove this worker's consumer");
+            }
+        }
         if let Err(e) = self.broker.forget_worker(&self.config.id).await {
             tracing::warn!(error = %e, "could not remove heartbeat");
         }
@@ -267,12 +393,15 @@ impl Worker {
         self: &Arc<Self>,
         tasks: &mut JoinSet<()>,
         delivery: Delivery,
-        slots: &Arc<Semaphore>,
+        lane: Lane,
+        slots: &Slots,
         tokens: &Tokens,
         done: &mpsc::UnboundedSender<Completion>,
     ) {
         self.held()
             .insert((delivery.queue.clone(), delivery.id.clone()));
+        let bytes = delivery.payload.len();
+        self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
         let (this, slots, done) = (self.clone(), slots.clone(), done.clone());
         let (shutdown, fetch_stopped, stop_running) = (
             tokens.shutdown.clone(),
@@ -280,12 +409,12 @@ impl Worker {
             tokens.stop_running.clone(),
         );
         tasks.spawn(async move {
-            let permit = tokio::select! {
-                p = slots.acquire_owned() => p.ok(),
+            let slot = tokio::select! {
+                s = slots.acquire(lane) => Some(s),
                 _ = shutdown.cancelled() => None,
             };
-            let completion = match permit {
-                Some(_permit) if !shutdown.is_cancelled() => {
+            let completion = match slot {
+                Some(_slot) if !shutdown.is_cancelled() => {
                     this.busy.fetch_add(1, Ordering::Relaxed);
                     metrics::slots_busy(this.busy.load(Ordering::Relaxed));
                     let c = tokio::select! {
@@ -304,6 +433,9 @@ impl Worker {
                     requeue(&delivery)
                 }
             };
+            // Results and dead letters are bounded; the message itself is
+            // released here (the completion shares it only if it stores it).
+            this.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
             let _ = done.send(completion);
         });
     }
@@ -311,72 +443,78 @@ impl Worker {
     /// Decide what becomes of one delivery. Never panics on input: every
     /// bad message ends as a dead letter with the reason.
     async fn process(&self, delivery: &Delivery) -> Completion {
-        let msg = match TaskMessage::parse(&delivery.payload) {
+        let now = now_ms();
+        let finish = |verdict: Verdict, ttl: Option<u64>, ignore: bool, task: &str| {
+            metrics::task_finished(task, verdict.label());
+            Completion {
+                queue: delivery.queue.clone(),
+                delivery_id: delivery.id.clone(),
+                payload: delivery.payload.clone(),
+                result: verdict
+                    .record
+                    .filter(|_| !ignore)
+                    .map(|r| self.result_write(&r, ttl)),
+                disposition: verdict.disposition,
+            }
+        };
+        if delivery.is_oversize() {
+            let reason = format!(
+                "message too large: {}, limit {}",
+                format_size(delivery.size as u64),
+                format_size(self.config.max_message_bytes as u64)
+            );
+            tracing::warn!(queue = %delivery.queue, %reason, "dead-lettering unread message");
+            // Only a prefix was read: the id may still be in it.
+            let record = salvage_id_from_prefix(&delivery.payload)
+                .map(|id| self.anonymous_record(id, &delivery.queue));
+            return finish(self.refusal(record, "malformed", &reason), None, false, "?");
+        }
+        let msg = match TaskMessage::parse(&delivery.payload, now) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(queue = %delivery.queue, error = %e, "dead-lettering malformed message");
-                metrics::task_finished("?", "DEAD");
-                let record = salvage_id(&delivery.payload).map(|id| ResultRecord {
-                    id,
-                    task: String::new(),
-                    state: TaskState::Failure,
-                    result: None,
-                    error: Some(ErrorInfo {
-                        kind: "malformed".into(),
-                        message: e.to_string(),
-                    }),
-                    retries: 0,
-                    runtime_ms: 0.0,
-                    fuel: None,
-                    worker: self.config.id.clone(),
-                    queue: delivery.queue.clone(),
-                    submitted_at: 0,
-                    started_at: None,
-                    finished_at: Some(now_ms()),
-                    retry_at: None,
-                });
-                return Completion {
-                    queue: delivery.queue.clone(),
-                    delivery_id: delivery.id.clone(),
-                    result: record.map(|r| self.result_write(&r, None)),
-                    disposition: Disposition::DeadLetter {
-                        reason: e.to_string(),
-                        payload: delivery.payload.clone(),
-                    },
-                };
+                let reason = e.to_string();
+                tracing::warn!(queue = %delivery.queue, error = %clip(&reason, 200), "dead-lettering malformed message");
+                let record = salvage_id(&delivery.payload)
+                    .map(|id| self.anonymous_record(id, &delivery.queue));
+                return finish(self.refusal(record, "malformed", &reason), None, false, "?");
             }
         };
         let span =
             tracing::info_span!("task", task_id = %msg.id, task = %msg.task, retries = msg.retries);
-        self.process_message(delivery, msg).instrument(span).await
+        let verdict = self
+            .process_message(delivery, &msg, now)
+            .instrument(span)
+            .await;
+        finish(verdict, msg.result_ttl, msg.ignore_result, &msg.task)
     }
 
-    async fn process_message(&self, delivery: &Delivery, msg: TaskMessage) -> Completion {
-        let now = now_ms();
-        let done = |record: Option<ResultRecord>, disposition: Disposition| Completion {
-            queue: delivery.queue.clone(),
-            delivery_id: delivery.id.clone(),
-            result: record
-                .filter(|_| !msg.ignore_result)
-                .map(|r| self.result_write(&r, msg.result_ttl)),
-            disposition,
-        };
-        // Only a dead letter keeps the message as received.
-        let dead_letter = |reason: String| Disposition::DeadLetter {
-            reason,
-            payload: delivery.payload.clone(),
-        };
+    fn refusal(&self, record: Option<ResultRecord>, kind: &str, reason: &str) -> Verdict {
+        match record {
+            Some(r) => refuse(r, kind, reason, &self.rules),
+            None => Verdict {
+                record: None,
+                disposition: Disposition::DeadLetter {
+                    reason: clip(reason, self.config.max_error_bytes),
+                    payload: None,
+                },
+            },
+        }
+    }
 
+    /// admit -> resolve -> run -> settle.
+    async fn process_message(&self, delivery: &Delivery, msg: &TaskMessage, now: u64) -> Verdict {
+        // Admit.
         if delivery.deliveries > self.config.max_deliveries {
             let reason = format!(
                 "delivered {} times without completing (worker crashes or kills?); max is {}",
                 delivery.deliveries, self.config.max_deliveries
             );
             tracing::warn!(%reason, "dead-lettering poison message");
-            metrics::task_finished(&msg.task, "DEAD");
-            return done(
-                Some(self.failure(&msg, "poison", &reason)),
-                dead_letter(reason),
+            return refuse(
+                self.record(msg, TaskState::Failure),
+                "poison",
+                &reason,
+                &self.rules,
             );
         }
         if let Some(expires) = msg.expires
@@ -384,31 +522,39 @@ impl Worker {
         {
             let reason = format!("expired {} ms before it could run", now - expires);
             tracing::info!(%reason, "revoked");
-            metrics::task_finished(&msg.task, "REVOKED");
-            let mut record = self.failure(&msg, "expired", &reason);
-            record.state = TaskState::Revoked;
-            return done(Some(record), Disposition::Ack);
+            let mut record = self.record(msg, TaskState::Revoked);
+            record.error = Some(ErrorInfo {
+                kind: "expired".into(),
+                message: reason,
+            });
+            return Verdict {
+                record: Some(record),
+                disposition: Disposition::Ack,
+            };
         }
         if let Some(eta) = msg.eta
             && eta > now + 5
         {
             // Early (a clock ahead of ours): wait in Redis, not here.
-            return done(
-                None,
-                Disposition::Retry {
-                    payload: delivery.payload.clone(),
+            return Verdict {
+                record: None,
+                disposition: Disposition::Retry {
+                    payload: delivery.payload.to_string(),
                     due_ms: eta,
                 },
-            );
+            };
         }
 
+        // Resolve.
         let (module, name) = match msg.split_task() {
             Ok(parts) => parts,
             Err(e) => {
                 let reason = e.to_string();
-                return done(
-                    Some(self.failure(&msg, "malformed", &reason)),
-                    dead_letter(reason),
+                return refuse(
+                    self.record(msg, TaskState::Failure),
+                    "malformed",
+                    &reason,
+                    &self.rules,
                 );
             }
         };
@@ -418,14 +564,18 @@ impl Worker {
                 // The broker hiccuped: let another attempt (or worker) try.
                 tracing::warn!(error = %e, "could not fetch component; requeueing");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                return requeue(delivery);
+                return Verdict {
+                    record: None,
+                    disposition: Disposition::Requeue,
+                };
             }
             Err(LoadError::Refused(reason)) => {
                 tracing::warn!(%reason, "dead-lettering: component refused");
-                metrics::task_finished(&msg.task, "DEAD");
-                return done(
-                    Some(self.failure(&msg, "refused", &reason)),
-                    dead_letter(reason),
+                return refuse(
+                    self.record(msg, TaskState::Failure),
+                    "refused",
+                    &reason,
+                    &self.rules,
                 );
             }
         };
@@ -434,12 +584,15 @@ impl Worker {
                 "component {} is signed as module `{}`, but the message asks for `{}`",
                 msg.digest, component.module, msg.task
             );
-            return done(
-                Some(self.failure(&msg, "refused", &reason)),
-                dead_letter(reason),
+            return refuse(
+                self.record(msg, TaskState::Failure),
+                "refused",
+                &reason,
+                &self.rules,
             );
         }
 
+        // Run.
         let call = TaskCall {
             id: msg.id.clone(),
             module: module.to_string(),
@@ -451,13 +604,13 @@ impl Worker {
             retries: msg.retries,
             max_retries: msg.max_retries,
         };
-        let limits = self.limits_for(&msg);
+        let limits = effective_limits(&self.config.limits, msg);
         let started_at = now_ms();
         if self.config.track_started && !msg.ignore_result {
             let started = ResultRecord {
                 started_at: Some(started_at),
                 finished_at: None,
-                ..self.record(&msg, TaskState::Started)
+                ..self.record(msg, TaskState::Started)
             };
             if let Err(e) = self
                 .broker
@@ -469,97 +622,37 @@ impl Worker {
         }
         let report = self.sandbox.run(&component.loaded, &call, &limits).await;
         self.processed.fetch_add(1, Ordering::Relaxed);
+        self.mean_runtime.record(report.elapsed);
         metrics::task_ran(&msg.task, report.elapsed, report.fuel_consumed);
-        let mut record = ResultRecord {
+
+        // Settle.
+        let record = ResultRecord {
             runtime_ms: report.elapsed.as_secs_f64() * 1e3,
             fuel: report.fuel_consumed,
             started_at: Some(started_at),
-            ..self.record(&msg, TaskState::Success)
+            limits: Some(RecordLimits {
+                timeout_ms: limits.timeout.as_millis() as u64,
+                soft_timeout_ms: limits.soft_timeout.map(|d| d.as_millis() as u64),
+                fuel: limits.fuel,
+                memory: limits.memory,
+            }),
+            ..self.record(msg, TaskState::Started)
         };
-        match report.result {
-            Ok(json) => match serde_json::from_str::<Value>(&json) {
-                Ok(value) => {
-                    tracing::debug!(runtime = ?report.elapsed, "succeeded");
-                    metrics::task_finished(&msg.task, "SUCCESS");
-                    record.result = Some(value);
-                    done(Some(record), Disposition::Ack)
+        let verdict = settle(msg, report.result, record, &self.rules, now_ms());
+        if let Some(r) = &verdict.record {
+            match (&r.state, &r.error) {
+                (TaskState::Success, _) => tracing::debug!(runtime = ?report.elapsed, "succeeded"),
+                (TaskState::Retry, Some(e)) => {
+                    tracing::info!(error = %clip(&e.message, 500), retry_at = r.retry_at, "retrying")
                 }
-                Err(e) => {
-                    let reason = format!("task returned invalid JSON: {e}");
-                    record.state = TaskState::Failure;
-                    record.error = Some(ErrorInfo {
-                        kind: "fatal".into(),
-                        message: reason.clone(),
-                    });
-                    metrics::task_finished(&msg.task, "FAILURE");
-                    done(Some(record), dead_letter(reason))
-                }
-            },
-            Err(TaskError::Host(reason)) => {
-                // Not the task's fault (e.g. out of instance slots): try again.
-                tracing::warn!(%reason, "host could not run task; requeueing");
-                requeue(delivery)
-            }
-            Err(e) => {
-                let (kind, retry_after) = error_kind(&e);
-                record.error = Some(ErrorInfo {
-                    kind: kind.into(),
-                    message: e.to_string(),
-                });
-                if e.is_retryable() && msg.retries < msg.max_retries {
-                    let delay =
-                        retry_after.unwrap_or_else(|| self.config.backoff.delay(msg.retries));
-                    let due_ms = now_ms() + delay.as_millis() as u64;
-                    let mut next = msg.clone();
-                    next.retries += 1;
-                    next.eta = None;
-                    record.state = TaskState::Retry;
-                    record.retry_at = Some(due_ms);
-                    tracing::info!(error = %e, retry_in = ?delay, "retrying");
-                    metrics::task_finished(&msg.task, "RETRY");
-                    done(
-                        Some(record),
-                        Disposition::Retry {
-                            payload: next.to_json(),
-                            due_ms,
-                        },
-                    )
-                } else {
-                    record.state = TaskState::Failure;
-                    let reason = if e.is_retryable() {
-                        format!("{e} (gave up after {} retries)", msg.retries)
-                    } else {
-                        e.to_string()
-                    };
-                    if let Some(err) = record.error.as_mut() {
-                        err.message = reason.clone();
-                    }
-                    tracing::info!(error = %reason, "failed");
-                    metrics::task_finished(&msg.task, "FAILURE");
-                    done(Some(record), dead_letter(reason))
-                }
+                (_, Some(e)) => tracing::info!(error = %clip(&e.message, 500), "failed"),
+                _ => {}
             }
         }
-    }
-
-    fn limits_for(&self, msg: &TaskMessage) -> Limits {
-        let d = &self.config.limits;
-        let timeout = msg
-            .limits
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(d.timeout);
-        Limits {
-            timeout,
-            soft_timeout: msg
-                .limits
-                .soft_timeout_ms
-                .map(Duration::from_millis)
-                .or(d.soft_timeout)
-                .filter(|s| *s < timeout),
-            fuel: msg.limits.fuel.unwrap_or(d.fuel),
-            memory: msg.limits.memory.unwrap_or(d.memory),
+        if matches!(verdict.disposition, Disposition::Requeue) {
+            tracing::warn!("host could not run task; requeueing");
         }
+        verdict
     }
 
     /// The record of `msg` in `state`, stamped by this worker now.
@@ -567,28 +660,32 @@ impl Worker {
         ResultRecord {
             id: msg.id.clone(),
             task: msg.task.clone(),
-            state,
-            result: None,
-            error: None,
             retries: msg.retries,
-            runtime_ms: 0.0,
-            fuel: None,
-            worker: self.config.id.clone(),
             queue: msg.queue.clone(),
             submitted_at: msg.submitted_at,
-            started_at: None,
-            finished_at: Some(now_ms()),
-            retry_at: None,
+            state,
+            ..self.anonymous_record(msg.id.clone(), &msg.queue)
         }
     }
 
-    fn failure(&self, msg: &TaskMessage, kind: &str, message: &str) -> ResultRecord {
+    /// A record for a message that could not be read: only its id is known.
+    fn anonymous_record(&self, id: String, queue: &str) -> ResultRecord {
         ResultRecord {
-            error: Some(ErrorInfo {
-                kind: kind.into(),
-                message: message.into(),
-            }),
-            ..self.record(msg, TaskState::Failure)
+            id,
+            task: String::new(),
+            state: TaskState::Failure,
+            result: None,
+            error: None,
+            retries: 0,
+            runtime_ms: 0.0,
+            fuel: None,
+            worker: self.config.id.clone(),
+            queue: queue.to_string(),
+            submitted_at: 0,
+            started_at: None,
+            finished_at: Some(now_ms()),
+            retry_at: None,
+            limits: None,
         }
     }
 
@@ -596,74 +693,300 @@ impl Worker {
         ResultWrite {
             task_id: record.id.clone(),
             json: record.to_json(),
+            // Validated on parse; capped again so no record can ask Redis
+            // for an expiry it refuses.
             ttl: ttl_secs
-                .map(Duration::from_secs)
+                .map(|s| Duration::from_secs(s.clamp(1, bounds::MAX_RESULT_TTL_SECS)))
                 .unwrap_or(self.config.result_ttl),
         }
     }
 
-    /// Writes results and disposes of messages in batches; retries forever
-    /// on broker errors, so a result is never dropped while Redis is away.
-    /// Returns how many messages were handed back.
+    /// Writes results and disposes of messages in batches (by count and by
+    /// bytes). A failure Redis would repeat (value too large, wrong type, a
+    /// bad argument) fails only the completion that caused it: it is
+    /// replaced by a FAILURE naming the cause and a bounded dead letter,
+    /// and the rest are written. Failures of the connection are retried
+    /// until Redis is back, and only then; a completion that keeps failing
+    /// while Redis answers counts as one Redis would repeat. Returns how
+    /// many messages were handed back.
     async fn finisher(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Completion>) -> u64 {
         const BATCH: usize = 512;
+        const BATCH_BYTES: usize = 32 << 20;
         let mut requeued = 0;
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
-            let mut failures = 0;
-            loop {
-                match self.broker.complete(&batch).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        failures += 1;
-                        let wait = reconnect_delay(failures);
-                        tracing::warn!(error = %e, pending = batch.len(), retry_in = ?wait, "could not store results");
-                        tokio::time::sleep(wait).await;
+        let mut queue: VecDeque<Pending> = VecDeque::new();
+        let mut incoming = Vec::with_capacity(BATCH);
+        let mut failures = 0u32;
+        loop {
+            if queue.is_empty() {
+                if rx.recv_many(&mut incoming, BATCH).await == 0 {
+                    return requeued;
+                }
+            } else {
+                while let Ok(c) = rx.try_recv() {
+                    incoming.push(c);
+                }
+            }
+            queue.extend(incoming.drain(..).map(|c| Pending {
+                c,
+                attempts: 0,
+                fallback: 0,
+            }));
+
+            // After repeated failures, one at a time: finds the one at fault.
+            let single = queue.front().is_some_and(|p| p.attempts >= 2);
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(p) = queue.front() {
+                let w = p.c.weight();
+                if !batch.is_empty() && (single || batch.len() >= BATCH || bytes + w > BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += w;
+                batch.extend(queue.pop_front());
+            }
+            let completions: Vec<Completion> = batch.iter().map(|p| p.c.clone()).collect();
+            match self.broker.complete(&self.config.id, &completions).await {
+                Ok(outcomes) => {
+                    let mut retry = Vec::new();
+                    let mut transient = None;
+                    for (mut p, outcome) in batch.into_iter().zip(outcomes) {
+                        match outcome {
+                            Ok(done) => {
+                                if done == Completed::TakenOver {
+                                    tracing::warn!(queue = %p.c.queue, delivery = %p.c.delivery_id, "lease lost to another worker: its run counts, this one is dropped");
+                                }
+                                if matches!(p.c.disposition, Disposition::Requeue) {
+                                    requeued += 1;
+                                }
+                                self.release(&p.c);
+                            }
+                            Err(e) if e.is_transient() => {
+                                transient = Some(clip(&e.to_string(), 200));
+                                p.attempts += 1;
+                                retry.push(p);
+                            }
+                            Err(e) => retry.extend(self.fallback(p, &e.to_string())),
+                        }
+                    }
+                    for p in retry.into_iter().rev() {
+                        queue.push_front(p);
+                    }
+                    match transient {
+                        None => {
+                            failures = 0;
+                            self.store.ok();
+                        }
+                        // E.g. Redis out of memory: wait for it to recover.
+                        Some(why) => {
+                            failures += 1;
+                            self.store.failed(&why);
+                            let wait = reconnect_delay(failures);
+                            tracing::warn!(error = %why, pending = queue.len(), retry_in = ?wait, "could not store results");
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = reconnect_delay(failures);
+                    let why = clip(&e.to_string(), 200);
+                    self.store.failed(&why);
+                    // Redis answers, yet this batch fails: the batch is at
+                    // fault, not the connection.
+                    let answers = self.broker.ping().await.is_ok();
+                    let mut batch = batch;
+                    if answers {
+                        for p in &mut batch {
+                            p.attempts += 1;
+                        }
+                        if batch.len() == 1 && batch[0].attempts >= 3 {
+                            let p = batch.remove(0);
+                            if let Some(next) = self.fallback(
+                                p,
+                                &format!("{why} (after 3 attempts while Redis answers)"),
+                            ) {
+                                batch.push(next);
+                            }
+                        }
+                    }
+                    tracing::warn!(error = %why, pending = batch.len() + queue.len(), retry_in = ?wait, "could not store results");
+                    for p in batch.into_iter().rev() {
+                        queue.push_front(p);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The stand-in for a completion Redis refused for good: first a
+    /// FAILURE naming the cause and a dead letter with a bounded payload,
+    /// then (if even that is refused) the FAILURE alone, then nothing but
+    /// the ack. `None` once there is nothing left to try (the message
+    /// stays pending and comes back as poison).
+    fn fallback(&self, p: Pending, cause: &str) -> Option<Pending> {
+        let cause = clip(cause, 300);
+        let c = &p.c;
+        tracing::error!(queue = %c.queue, delivery = %c.delivery_id, %cause, stage = p.fallback, "result refused by Redis; storing a failure instead");
+        metrics::store_refused();
+        let record = c.result.as_ref().and_then(|r| {
+            let mut rec: ResultRecord = serde_json::from_str(&r.json).ok()?;
+            rec.state = TaskState::Failure;
+            rec.result = None;
+            rec.retry_at = None;
+            rec.error = Some(ErrorInfo {
+                kind: "storage".into(),
+                message: format!("could not store result: {cause}"),
+            });
+            Some(ResultWrite {
+                task_id: r.task_id.clone(),
+                json: rec.to_json(),
+                ttl: r.ttl.min(self.config.result_ttl),
+            })
+        });
+        const KEEP: usize = 64 << 10;
+        let disposition = match p.fallback {
+            0 => Disposition::DeadLetter {
+                reason: format!("could not store result: {cause}"),
+                payload: (c.payload.len() > KEEP).then(|| prefix(&c.payload, KEEP).to_string()),
+            },
+            1 | 2 => Disposition::Ack,
+            _ => {
+                tracing::error!(queue = %c.queue, delivery = %c.delivery_id, "giving up on this completion; the message stays pending");
+                self.release(c);
+                return None;
+            }
+        };
+        Some(Pending {
+            c: Completion {
+                result: if p.fallback < 2 { record } else { None },
+                disposition,
+                ..c.clone()
+            },
+            attempts: 0,
+            fallback: p.fallback + 1,
+        })
+    }
+
+    fn release(&self, c: &Completion) {
+        self.held()
+            .remove(&(c.queue.clone(), c.delivery_id.clone()));
+    }
+
+    /// Renews the leases on everything held, a third of the visibility
+    /// timeout apart (sooner after a failure), unless the worker stands
+    /// down: then its messages go to live workers.
+    async fn lease_keeper(self: Arc<Self>, stop: CancellationToken) {
+        let period = (self.config.visibility_timeout / 3).max(Duration::from_millis(50));
+        loop {
+            let mut wait = period;
+            if let Some(problem) = self.problem() {
+                tracing::warn!(%problem, "not renewing leases: other workers take over");
+            } else {
+                let held: Vec<(String, String)> = self.held().iter().cloned().collect();
+                if !held.is_empty() {
+                    match tokio::time::timeout(period, self.broker.renew(&self.config.id, &held))
+                        .await
+                    {
+                        Ok(Ok(lost)) => {
+                            if !lost.is_empty() {
+                                tracing::warn!(lost = lost.len(), "leases lost to other workers");
+                                metrics::leases_lost(lost.len());
+                                let mut h = self.held();
+                                for l in lost {
+                                    h.remove(&l);
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "lease renewal failed");
+                            wait = Duration::from_millis(200).min(period);
+                        }
+                        Err(_) => {
+                            tracing::warn!("lease renewal timed out");
+                            wait = Duration::from_millis(200).min(period);
+                        }
                     }
                 }
             }
-            let mut held = self.held();
-            for c in batch.drain(..) {
-                if matches!(c.disposition, Disposition::Requeue { .. }) {
-                    requeued += 1;
-                }
-                held.remove(&(c.queue, c.delivery_id));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
-        requeued
     }
 
-    /// Lease renewal, delayed-message promotion, reclaiming from dead
-    /// workers, heartbeats and queue-depth metrics, each on its own clock.
+    /// Delayed-message promotion, taking over from dead workers, pruning
+    /// their consumers, heartbeats and queue-depth metrics, each on its own
+    /// clock. Stops taking over work once `shutdown` is signalled.
     async fn keeper(
         self: Arc<Self>,
         stop: CancellationToken,
+        shutdown: CancellationToken,
         reclaimed: mpsc::UnboundedSender<Delivery>,
     ) {
         let vt = self.config.visibility_timeout;
-        let mut renew = tokio::time::interval((vt / 3).max(Duration::from_millis(50)));
+        let watch = Watch::for_timeout(vt);
+        let mut orphans: HashMap<String, Orphans> = self
+            .config
+            .queues
+            .iter()
+            .map(|q| (q.clone(), Orphans::new(watch)))
+            .collect();
         let mut promote = tokio::time::interval(Duration::from_millis(50));
-        let mut reclaim = tokio::time::interval((vt / 2).max(Duration::from_millis(100)));
+        let mut reclaim = tokio::time::interval((vt / 4).max(Duration::from_millis(50)));
+        let mut prune = tokio::time::interval(vt.max(Duration::from_secs(1)));
         let mut beat = tokio::time::interval(self.config.heartbeat);
-        for t in [&mut renew, &mut promote, &mut reclaim, &mut beat] {
+        for t in [&mut promote, &mut reclaim, &mut prune, &mut beat] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        let call_limit = (vt / 4).max(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = renew.tick() => {
-                    let held: Vec<(String, String)> = self.held().iter().cloned().collect();
-                    if let Err(e) = self.broker.renew(&self.config.id, &held).await {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                    }
-                }
                 _ = promote.tick() => {
                     if let Err(e) = self.broker.promote_due(&self.config.queues, now_ms()).await {
                         tracing::debug!(error = %e, "promoting delayed messages failed");
                     }
                 }
-                _ = reclaim.tick() => self.reclaim(&reclaimed).await,
+                _ = reclaim.tick() => {
+                    if shutdown.is_cancelled() {
+                        continue;
+                    }
+                    for (q, watched) in orphans.iter_mut() {
+                        let taken = tokio::time::timeout(call_limit, self.take_over(q, watched)).await;
+                        match taken {
+                            Ok(Ok(deliveries)) => {
+                                for d in deliveries {
+                                    tracing::info!(queue = %q, delivery = %d.id, deliveries = d.deliveries, "took over a message from an unresponsive worker");
+                                    // Held from now on, so it is renewed while it waits for a slot.
+                                    self.held().insert((d.queue.clone(), d.id.clone()));
+                                    let _ = reclaimed.send(d);
+                                }
+                            }
+                            Ok(Err(e)) => {
+                                watched.forget();
+                                tracing::warn!(queue = %q, error = %e, "reclaim failed");
+                            }
+                            Err(_) => watched.forget(),
+                        }
+                    }
+                }
+                _ = prune.tick() => {
+                    // Consumers of dead workers, once they hold nothing.
+                    let idle = (vt * 2).max(Duration::from_secs(2));
+                    for q in &self.config.queues {
+                        match self.broker.prune_consumers(q, idle, None).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(queue = %q, removed = n, "removed consumers of gone workers"),
+                            Err(e) => tracing::debug!(queue = %q, error = %e, "pruning consumers failed"),
+                        }
+                    }
+                }
                 _ = beat.tick() => {
+                    let problem = self.problem();
+                    metrics::healthy(problem.is_none());
                     let info = WorkerInfo {
                         id: self.config.id.clone(),
                         host: self.host.clone(),
@@ -674,6 +997,7 @@ impl Worker {
                         processed: self.processed.load(Ordering::Relaxed),
                         started_at: self.started_at,
                         seen_at: now_ms(),
+                        problem,
                     };
                     if let Err(e) = self.broker.heartbeat(&info, self.config.heartbeat * 5).await {
                         tracing::warn!(error = %e, "heartbeat failed");
@@ -688,34 +1012,77 @@ impl Worker {
         }
     }
 
-    /// Take over messages whose holder stopped renewing them. They run here
-    /// like fresh ones; the delivery count catches poison messages.
-    async fn reclaim(&self, out: &mpsc::UnboundedSender<Delivery>) {
+    /// One look at `queue`'s pending list; claims what has been watched
+    /// unrenewed long enough. Takes over even when this worker is busy:
+    /// taken-over messages start ahead of fetched ones. Bounded per round
+    /// by what the worker may hold.
+    async fn take_over(
+        &self,
+        queue: &str,
+        watched: &mut Orphans,
+    ) -> Result<Vec<Delivery>, BrokerError> {
         let limit = (self.config.concurrency + self.config.prefetch).max(1) as usize;
-        for q in &self.config.queues {
-            let room = limit.saturating_sub(self.held().len());
-            if room == 0 {
-                return;
-            }
-            let reclaimed = match self
-                .broker
-                .reclaim(q, &self.config.id, self.config.visibility_timeout, room)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(queue = %q, error = %e, "reclaim failed");
-                    continue;
-                }
-            };
-            for d in reclaimed.deliveries {
-                tracing::info!(queue = %q, delivery = %d.id, deliveries = d.deliveries, "reclaimed a message from an unresponsive worker");
-                // Held from now on, so it is renewed while it waits for a slot.
-                self.held().insert((d.queue.clone(), d.id.clone()));
-                let _ = out.send(d);
-            }
+        let suspect = self
+            .broker
+            .pending(
+                queue,
+                &self.config.id,
+                Watch::for_timeout(self.config.visibility_timeout).suspect_after(),
+                limit,
+            )
+            .await?;
+        let claims = watched.observe(Instant::now(), &suspect);
+        if claims.is_empty() {
+            return Ok(Vec::new());
         }
+        self.broker
+            .claim(
+                queue,
+                &self.config.id,
+                &claims,
+                self.config.max_message_bytes,
+            )
+            .await
     }
+}
+
+/// A completion on its way to the broker.
+struct Pending {
+    c: Completion,
+    /// Round trips that failed with it in the batch while Redis answered.
+    attempts: u32,
+    /// Which stand-in this is (0: the original).
+    fallback: u8,
+}
+
+/// The limits a message runs under: what it asks for, never more than the
+/// worker's (its defaults when it asks for nothing).
+fn effective_limits(ceiling: &Limits, msg: &TaskMessage) -> Limits {
+    let asked = &msg.limits;
+    let timeout = asked
+        .timeout_ms
+        .map(Duration::from_millis)
+        .map_or(ceiling.timeout, |t| t.min(ceiling.timeout));
+    Limits {
+        timeout,
+        soft_timeout: asked
+            .soft_timeout_ms
+            .map(Duration::from_millis)
+            .or(ceiling.soft_timeout)
+            .filter(|s| *s < timeout),
+        fuel: asked.fuel.map_or(ceiling.fuel, |f| f.min(ceiling.fuel)),
+        memory: asked
+            .memory
+            .map_or(ceiling.memory, |m| m.min(ceiling.memory)),
+    }
+}
+
+/// The `"id"` of a message of which only a prefix was read.
+fn salvage_id_from_prefix(prefix: &str) -> Option<String> {
+    let start = prefix.find("\"id\":\"")? + 6;
+    let rest = &prefix[start..];
+    let id = &rest[..rest.find('"')?];
+    (!id.is_empty() && id.len() <= 200 && !id.contains('\\')).then(|| id.to_string())
 }
 
 /// The phases of a shutdown, as seen by each delivery's future.
@@ -737,32 +1104,9 @@ fn requeue(d: &Delivery) -> Completion {
     Completion {
         queue: d.queue.clone(),
         delivery_id: d.id.clone(),
+        payload: d.payload.clone(),
         result: None,
-        disposition: Disposition::Requeue {
-            payload: d.payload.clone(),
-        },
-    }
-}
-
-/// The `kind` stored in a failed record, and a retry delay the task asked for.
-fn error_kind(e: &TaskError) -> (&'static str, Option<Duration>) {
-    use crate::sandbox::FailureKind;
-    match e {
-        TaskError::Failed {
-            kind, retry_after, ..
-        } => (
-            match kind {
-                FailureKind::Retry => "retry",
-                FailureKind::Fatal => "fatal",
-                FailureKind::InvalidInput => "invalid-input",
-            },
-            *retry_after,
-        ),
-        TaskError::TimeLimit { .. } => ("time-limit", None),
-        TaskError::FuelExhausted { .. } => ("fuel-exhausted", None),
-        TaskError::MemoryLimit { .. } => ("memory-limit", None),
-        TaskError::Trap(_) => ("trap", None),
-        TaskError::Host(_) => ("host", None),
+        disposition: Disposition::Requeue,
     }
 }
 
@@ -771,4 +1115,102 @@ fn error_kind(e: &TaskError) -> (&'static str, Option<Duration>) {
 fn reconnect_delay(failures: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << failures.min(6)).min(5_000);
     Duration::from_millis(base / 2 + fastrand::u64(..=base / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::MessageLimits;
+    use crate::signing::Digest;
+
+    fn msg(limits: MessageLimits) -> TaskMessage {
+        TaskMessage {
+            v: 1,
+            id: "a".into(),
+            task: "m.t".into(),
+            digest: Digest::of(b""),
+            args: vec![],
+            kwargs: Default::default(),
+            queue: "q".into(),
+            retries: 0,
+            max_retries: 0,
+            eta: None,
+            expires: None,
+            limits,
+            result_ttl: None,
+            ignore_result: false,
+            submitted_at: 0,
+        }
+    }
+
+    #[test]
+    fn worker_limits_are_ceilings() {
+        let ceiling = Limits {
+            timeout: Duration::from_secs(10),
+            soft_timeout: Some(Duration::from_secs(5)),
+            fuel: 1_000,
+            memory: 1 << 30,
+        };
+        // Nothing asked: the worker's.
+        assert_eq!(
+            effective_limits(&ceiling, &msg(MessageLimits::default())),
+            ceiling
+        );
+        // More asked: cut to the ceiling.
+        let greedy = MessageLimits {
+            timeout_ms: Some(3_600_000),
+            soft_timeout_ms: Some(3_000_000),
+            fuel: Some(u64::MAX),
+            memory: Some(100 << 30),
+        };
+        let l = effective_limits(&ceiling, &msg(greedy));
+        assert_eq!(
+            (l.timeout, l.fuel, l.memory),
+            (ceiling.timeout, 1_000, 1 << 30)
+        );
+        // A soft limit past the (cut) hard one is dropped.
+        assert_eq!(l.soft_timeout, None);
+        // Less asked: granted.
+        let modest = MessageLimits {
+            timeout_ms: Some(2_000),
+            soft_timeout_ms: Some(1_000),
+            fuel: Some(10),
+            memory: Some(1 << 20),
+        };
+        let l = effective_limits(&ceiling, &msg(modest));
+        assert_eq!(
+            (l.timeout, l.soft_timeout, l.fuel, l.memory),
+            (
+                Duration::from_secs(2),
+                Some(Duration::from_secs(1)),
+                10,
+                1 << 20
+            )
+        );
+    }
+
+    #[test]
+    fn ids_are_salvaged_from_prefixes() {
+        assert_eq!(
+            salvage_id_from_prefix(r#"{"v":1,"id":"abc","task":"m.t","args":["xxxx"#).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(salvage_id_from_prefix(r#"{"v":1,"id":"ab"#), None);
+        assert_eq!(salvage_id_from_prefix("junk"), None);
+    }
+
+    #[test]
+    fn store_health_reports_only_long_failures() {
+        let h = StoreHealth::default();
+        assert_eq!(h.problem(Duration::ZERO), None);
+        h.failed("OOM");
+        assert!(h.problem(Duration::from_secs(60)).is_none());
+        let p = h.problem(Duration::ZERO).unwrap();
+        assert!(
+            p.starts_with("cannot store results for") && p.ends_with("OOM"),
+            "{p}"
+        );
+        h.ok();
+        assert_eq!(h.problem(Duration::ZERO), None);
+    }
 }

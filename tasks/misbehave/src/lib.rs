@@ -120,6 +120,19 @@ pub fn escape() -> Value {
     })
 }
 
+/// Makes the worker store `mib` MiB: as the result (`"result"`), or as
+/// the message of a fatal failure made of control characters, which JSON
+/// escapes to six times the size (`"failure"`).
+#[task]
+pub fn bloat(kind: String, mib: usize) -> Result<String> {
+    let n = mib << 20;
+    match kind.as_str() {
+        "result" => Ok("x".repeat(n)),
+        "failure" => Err(Error::fatal("\u{1}".repeat(n))),
+        other => Err(Error::invalid_input(format!("kind `{other}`"))),
+    }
+}
+
 celeriac_sdk::export_tasks!(
-    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape
+    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, bloat
 );
