@@ -5,130 +5,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use celeriac::broker::Broker;
 use celeriac::client::{self, SubmitOptions, TaskRequest};
 use celeriac::results::TaskState;
-use common::{Prefix, Publisher};
+use common::{Prefix, PrivateRedis, Publisher, WorkerProcess, celeriac, free_port, http_get};
 use serde_json::json;
-
-fn celeriac(broker: &str, prefix: &str, cache: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_celeriac"))
-        .args(args)
-        .env("CELERIAC_BROKER", broker)
-        .env("CELERIAC_PREFIX", prefix)
-        .env("CELERIAC_CACHE_DIR", cache)
-        .env_remove("CELERIAC_TRUST")
-        .output()
-        .expect("run celeriac")
-}
-
-/// A `celeriac worker` process, killed on drop if still running.
-struct WorkerProcess {
-    child: Child,
-    id: String,
-}
-
-impl WorkerProcess {
-    fn start_env(
-        broker: &str,
-        prefix: &str,
-        cache: &Path,
-        trust: &Path,
-        id: &str,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let log = std::fs::File::create(cache.join(format!("{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args([
-                "worker",
-                "--trust",
-                trust.to_str().unwrap(),
-                "--id",
-                id,
-                "-v",
-            ])
-            .args(extra)
-            .env("CELERIAC_BROKER", broker)
-            .env("CELERIAC_PREFIX", prefix)
-            .env("CELERIAC_CACHE_DIR", cache)
-            .env("CELERIAC_LOG_FORMAT", "text")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start worker");
-        Self {
-            child,
-            id: id.into(),
-        }
-    }
-
-    fn start(
-        broker: &str,
-        prefix: &str,
-        cache: &Path,
-        trust: &Path,
-        id: &str,
-        extra: &[&str],
-    ) -> Self {
-        Self::start_env(broker, prefix, cache, trust, id, extra, &[])
-    }
-
-    /// Wait until its heartbeat shows in the broker.
-    async fn ready(&self, broker: &dyn Broker) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if broker
-                .workers()
-                .await
-                .unwrap_or_default()
-                .iter()
-                .any(|w| w.id == self.id)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("worker {} never sent a heartbeat", self.id);
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// Wait for exit, up to `limit`.
-    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker {} did not exit within {limit:?}",
-                self.id
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -207,8 +90,13 @@ async fn upload_submit_worker_result_across_processes() {
     );
     let o = run(&["submit", "math.add", "[2]", "--wait"]);
     assert_eq!(o.status.code(), Some(1));
+    // The task id first (as soon as it is queued), then the cause.
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(uuid::Uuid::parse_str(lines[0]).is_ok(), "{err}");
     assert_eq!(
-        stderr(&o).trim(),
+        lines[1],
         "error: invalid-input: add() missing required argument `b`"
     );
 
@@ -669,7 +557,7 @@ async fn tls_redis_with_a_private_ca() {
         .env_remove("CELERIAC_REDIS_CA")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(5));
     assert!(
         stderr(&o).contains("cannot reach the broker at rediss://localhost"),
         "{}",
@@ -678,136 +566,4 @@ async fn tls_redis_with_a_private_ca() {
     w.signal("-TERM");
     w.exit_within(Duration::from_secs(10)).await;
     drop(server);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-/// A redis-server of the test's own on a free port, for breaking on purpose.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
-        Self::on(free_port(), tempfile::tempdir().unwrap(), extra)
-    }
-
-    fn on(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let port_s = port.to_string();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port_s,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    /// TLS only (no plain port), clients not asked for certificates.
-    fn on_tls(port: u16, cert: &str, key: &str, ca: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                cert,
-                "--tls-key-file",
-                key,
-                "--tls-ca-cert-file",
-                ca,
-            ])
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server (TLS) did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kill it hard and start a fresh one on the same port.
-    fn restart(mut self) -> Self {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let port = self.port;
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        std::thread::sleep(Duration::from_millis(300));
-        Self::on(port, dir, &[])
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

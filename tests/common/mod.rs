@@ -200,3 +200,270 @@ impl RunningWorker {
         self.handle.await.unwrap()
     }
 }
+
+// ---------------------------------------------------------------------
+// Separate processes: the `celeriac` CLI, worker processes, a private
+// redis-server to break on purpose.
+
+use std::process::{Child, Output, Stdio};
+use std::time::Instant;
+
+pub fn celeriac(broker: &str, prefix: &str, cache: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .args(args)
+        .env("CELERIAC_BROKER", broker)
+        .env("CELERIAC_PREFIX", prefix)
+        .env("CELERIAC_CACHE_DIR", cache)
+        .env_remove("CELERIAC_TRUST")
+        .output()
+        .expect("run celeriac")
+}
+
+/// A `celeriac worker` process, killed on drop if still running.
+pub struct WorkerProcess {
+    pub child: Child,
+    pub id: String,
+}
+
+impl WorkerProcess {
+    pub fn start_env(
+        broker: &str,
+        prefix: &str,
+        cache: &Path,
+        trust: &Path,
+        id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let log = std::fs::File::create(cache.join(format!("{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args([
+                "worker",
+                "--trust",
+                trust.to_str().unwrap(),
+                "--id",
+                id,
+                "-v",
+            ])
+            .args(extra)
+            .env("CELERIAC_BROKER", broker)
+            .env("CELERIAC_PREFIX", prefix)
+            .env("CELERIAC_CACHE_DIR", cache)
+            .env("CELERIAC_LOG_FORMAT", "text")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start worker");
+        Self {
+            child,
+            id: id.into(),
+        }
+    }
+
+    pub fn start(
+        broker: &str,
+        prefix: &str,
+        cache: &Path,
+        trust: &Path,
+        id: &str,
+        extra: &[&str],
+    ) -> Self {
+        Self::start_env(broker, prefix, cache, trust, id, extra, &[])
+    }
+
+    /// Wait until its heartbeat shows in the broker.
+    pub async fn ready(&self, broker: &dyn Broker) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if broker
+                .workers()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|w| w.id == self.id)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker {} never sent a heartbeat", self.id);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Wait for exit, up to `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {} did not exit within {limit:?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// A redis-server of the test's own on a free port, for breaking on purpose.
+pub struct PrivateRedis {
+    pub child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::on(free_port(), tempfile::tempdir().unwrap(), extra)
+    }
+
+    pub fn on(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let port_s = port.to_string();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port_s,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(extra)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// TLS only (no plain port), clients not asked for certificates.
+    pub fn on_tls(port: u16, cert: &str, key: &str, ca: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                ca,
+            ])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
+        let server = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop it gracefully (its append-only file, if any, flushed), wait
+    /// `down`, and start it again on the same port from the same data.
+    pub fn outage(mut self, down: Duration, extra: &[&str]) -> Self {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let port = self.port;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Self::on(port, dir, extra)
+    }
+
+    /// Kill it hard and start a fresh one on the same port.
+    pub fn restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+        Self::on(port, dir, &[])
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

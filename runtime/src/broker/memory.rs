@@ -268,7 +268,7 @@ impl Broker for MemoryBroker {
                 deliveries: h.deliveries,
             })
             .collect();
-        out.sort_by(|a, b| b.idle_ms.cmp(&a.idle_ms));
+        out.sort_by_key(|p| std::cmp::Reverse(p.idle_ms));
         out.truncate(max);
         Ok(out)
     }
