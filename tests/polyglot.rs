@@ -253,9 +253,15 @@ async fn conformance_through_a_worker() {
         let publisher = Publisher::new();
         let bytes = std::fs::read(&wasm).unwrap();
         let sig = celeriac::signing::sign_component(&bytes, &publisher.key, "text").unwrap();
-        celeriac::registry::upload(b.as_ref(), &bytes, &sig, &publisher.trust)
-            .await
-            .unwrap();
+        celeriac::registry::upload(
+            b.as_ref(),
+            &bytes,
+            &sig,
+            &publisher.trust,
+            celeriac::registry::UploadOptions::new(&common::worker_check),
+        )
+        .await
+        .unwrap();
         let mut config = quick_config(&format!("{language}-worker"));
         config.limits.timeout = Duration::from_secs(30);
         let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);

@@ -576,6 +576,10 @@ async fn results_expire_and_can_be_ignored() {
     worker.stop().await;
 }
 
+fn upload_options() -> celeriac::registry::UploadOptions<'static> {
+    celeriac::registry::UploadOptions::new(&common::worker_check)
+}
+
 /// Uploading the same bytes twice is a no-op; a new version moves the name
 /// while messages pinned to the old digest still run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,13 +589,14 @@ async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
     let publisher = Publisher::new();
     let v1 = common::read_component("math");
     let sig1 = celeriac::signing::sign_component(&v1, &publisher.key, "math").unwrap();
-    let up = celeriac::registry::upload(b.as_ref(), &v1, &sig1, &publisher.trust)
+    let up = celeriac::registry::upload(b.as_ref(), &v1, &sig1, &publisher.trust, upload_options())
         .await
         .unwrap();
     assert!(up.new_bytes && up.previous.is_none());
-    let again = celeriac::registry::upload(b.as_ref(), &v1, &sig1, &publisher.trust)
-        .await
-        .unwrap();
+    let again =
+        celeriac::registry::upload(b.as_ref(), &v1, &sig1, &publisher.trust, upload_options())
+            .await
+            .unwrap();
     assert!(!again.new_bytes && again.previous.is_none());
 
     // "v2": the text component signed as module math, so its digest differs.
@@ -604,9 +609,10 @@ async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
     .await;
     let v2 = common::read_component("text");
     let sig2 = celeriac::signing::sign_component(&v2, &publisher.key, "math").unwrap();
-    let up2 = celeriac::registry::upload(b.as_ref(), &v2, &sig2, &publisher.trust)
-        .await
-        .unwrap();
+    let up2 =
+        celeriac::registry::upload(b.as_ref(), &v2, &sig2, &publisher.trust, upload_options())
+            .await
+            .unwrap();
     assert_eq!(up2.previous, Some(up.digest));
     assert_eq!(
         b.get_module("math").await.unwrap().unwrap().digest,

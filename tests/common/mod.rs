@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac::broker::{self, Broker};
+use celeriac::registry::UploadOptions;
 use celeriac::sandbox::{Sandbox, SandboxConfig};
 use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
 use celeriac::worker::{Backoff, Worker, WorkerConfig, WorkerSummary};
@@ -122,9 +123,15 @@ impl Publisher {
         for name in examples {
             let bytes = read_component(name);
             let sig = sign_component(&bytes, &self.key, name).unwrap();
-            celeriac::registry::upload(broker, &bytes, &sig, &self.trust)
-                .await
-                .unwrap();
+            celeriac::registry::upload(
+                broker,
+                &bytes,
+                &sig,
+                &self.trust,
+                UploadOptions::new(&worker_check),
+            )
+            .await
+            .unwrap();
         }
     }
 
@@ -147,6 +154,22 @@ pub fn fetch_limits(n: usize) -> celeriac::broker::FetchLimits {
         max_bytes: usize::MAX,
         max_message_bytes: 64 << 20,
     }
+}
+
+/// The upload check `celeriac upload` makes: load the component as a
+/// worker would (compile, link, contract). One sandbox per test binary, so
+/// each component compiles once.
+pub fn worker_check(bytes: &[u8]) -> Result<(), String> {
+    static CHECKER: OnceLock<Sandbox> = OnceLock::new();
+    let sandbox = CHECKER.get_or_init(|| {
+        Sandbox::new(SandboxConfig {
+            concurrency: 1,
+            cache_dir: None,
+            ..SandboxConfig::default()
+        })
+        .expect("a sandbox for upload checks")
+    });
+    sandbox.load(bytes).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// Worker settings that make failure paths quick to observe.

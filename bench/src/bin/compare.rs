@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use celeriac::broker::{self, Broker};
 use celeriac::client::{self, SubmitOptions, TaskRequest};
+use celeriac::registry::UploadOptions;
 use celeriac::results::TaskState;
+use celeriac::sandbox::{Sandbox, SandboxConfig};
 use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
 use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
 use clap::{Parser, ValueEnum};
@@ -243,6 +245,13 @@ async fn run_all(
     std::fs::rename(&secret, &secret_path)?;
     let key = KeyPair::load(&secret_path)?;
     let trust = TrustStore::from_keys([PublicKey::load(&public)?]);
+    // Upload checks each component as a worker would load it.
+    let checker = Sandbox::new(SandboxConfig {
+        concurrency: 1,
+        cache_dir: None,
+        ..SandboxConfig::default()
+    })?;
+    let check = |b: &[u8]| checker.load(b).map(|_| ()).map_err(|e| e.to_string());
     for (module, path) in [
         ("math", wasm_dir.join("math.wasm")),
         ("text", wasm_dir.join("text.wasm")),
@@ -250,7 +259,14 @@ async fn run_all(
     ] {
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let sig = sign_component(&bytes, &key, module)?;
-        celeriac::registry::upload(broker.as_ref(), &bytes, &sig, &trust).await?;
+        celeriac::registry::upload(
+            broker.as_ref(),
+            &bytes,
+            &sig,
+            &trust,
+            UploadOptions::new(&check),
+        )
+        .await?;
     }
 
     // Compile each component once into the shared on-disk cache, as a

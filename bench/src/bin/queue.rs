@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use celeriac::broker;
 use celeriac::client::{self, SubmitOptions, TaskRequest};
+use celeriac::registry::UploadOptions;
 use celeriac::results::TaskState;
 use celeriac::sandbox::{Sandbox, SandboxConfig};
 use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
@@ -45,14 +46,22 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
     let trust = TrustStore::from_keys([PublicKey::load(&public)?]);
     let math = std::fs::read(dir.join("math.wasm"))?;
     let sig = sign_component(&math, &key, "math")?;
-    celeriac::registry::upload(broker.as_ref(), &math, &sig, &trust).await?;
-
     let cache = tempfile::tempdir()?;
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         concurrency: 2,
         cache_dir: Some(cache.path().to_path_buf()),
         ..SandboxConfig::default()
     })?);
+    // Upload checks the component as the worker will load it.
+    let check = |b: &[u8]| sandbox.load(b).map(|_| ()).map_err(|e| e.to_string());
+    celeriac::registry::upload(
+        broker.as_ref(),
+        &math,
+        &sig,
+        &trust,
+        UploadOptions::new(&check),
+    )
+    .await?;
     let worker = Worker::new(
         broker.clone(),
         sandbox,

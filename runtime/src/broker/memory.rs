@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use super::{
     Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
     FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite, StoredComponent,
-    WorkerInfo,
+    WorkerInfo, signature_slot,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -90,24 +90,35 @@ impl Broker for MemoryBroker {
         &self,
         digest: &Digest,
         bytes: &[u8],
+        key_id: &str,
+        module: &str,
         signature: &str,
     ) -> BrokerResult<bool> {
         let mut s = self.lock();
-        if s.components.contains_key(digest) {
-            return Ok(false);
-        }
-        s.components.insert(
-            *digest,
-            StoredComponent {
+        let new = !s.components.contains_key(digest);
+        let stored = s
+            .components
+            .entry(*digest)
+            .or_insert_with(|| StoredComponent {
                 bytes: bytes.to_vec(),
-                signature: signature.to_string(),
-            },
-        );
-        Ok(true)
+                ..StoredComponent::default()
+            });
+        stored
+            .signatures
+            .insert(signature_slot(key_id, module), signature.to_string());
+        Ok(new)
     }
 
-    async fn get_component(&self, digest: &Digest) -> BrokerResult<Option<StoredComponent>> {
-        Ok(self.lock().components.get(digest).cloned())
+    async fn get_component_signatures(&self, digest: &Digest) -> BrokerResult<Option<Vec<String>>> {
+        Ok(self
+            .lock()
+            .components
+            .get(digest)
+            .map(|c| c.signatures.values().cloned().collect()))
+    }
+
+    async fn get_component_bytes(&self, digest: &Digest) -> BrokerResult<Option<Vec<u8>>> {
+        Ok(self.lock().components.get(digest).map(|c| c.bytes.clone()))
     }
 
     async fn set_module(&self, info: &ModuleInfo) -> BrokerResult<()> {

@@ -74,12 +74,20 @@ impl BrokerError {
 
 pub type BrokerResult<T> = Result<T, BrokerError>;
 
-/// A stored component: bytes plus the signature it was uploaded with.
-#[derive(Debug, Clone)]
+/// A stored component: its bytes and every signature it was uploaded
+/// with, by `<key_id>:<module>` (see [`Broker::put_component`]).
+#[derive(Debug, Clone, Default)]
 pub struct StoredComponent {
     pub bytes: Vec<u8>,
-    /// The signature file JSON.
-    pub signature: String,
+    /// Signature file JSON by signing slot.
+    pub signatures: std::collections::BTreeMap<String, String>,
+}
+
+/// Where a signature is kept among a component's signatures: one per
+/// signing key and module, so a rotated key or a second module adds one
+/// rather than being dropped, and re-signing replaces only its own.
+pub fn signature_slot(key_id: &str, module: &str) -> String {
+    format!("{key_id}:{module}")
 }
 
 /// What a module name points at.
@@ -91,6 +99,10 @@ pub struct ModuleInfo {
     pub size: u64,
     /// Unix milliseconds.
     pub uploaded_at: u64,
+    /// The signed manifest's `signed_at` (RFC 3339): uploads order a
+    /// module's versions by it. Absent in records of older releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<String>,
 }
 
 /// A message to put on a queue, now or at `due_ms`.
@@ -310,14 +322,24 @@ pub trait Broker: Send + Sync + 'static {
     fn describe(&self) -> String;
 
     // --- component store ---
-    /// Store a component's bytes and signature; false if already stored.
+    /// Store a component's bytes (once) and one signature of them in the
+    /// slot [`signature_slot`]`(key_id, module)`, replacing only what that
+    /// slot held; returns false if the bytes were already stored. Callers
+    /// verify first: the store keeps what it is given.
     async fn put_component(
         &self,
         digest: &Digest,
         bytes: &[u8],
+        key_id: &str,
+        module: &str,
         signature: &str,
     ) -> BrokerResult<bool>;
-    async fn get_component(&self, digest: &Digest) -> BrokerResult<Option<StoredComponent>>;
+    /// Every signature stored for a digest (signature file JSON), without
+    /// its bytes, so they can be checked before the bytes are fetched;
+    /// `None` when nothing is stored under the digest.
+    async fn get_component_signatures(&self, digest: &Digest) -> BrokerResult<Option<Vec<String>>>;
+    /// A component's bytes, unverified.
+    async fn get_component_bytes(&self, digest: &Digest) -> BrokerResult<Option<Vec<u8>>>;
     /// Point a module name at a digest (keeping a history of past digests).
     async fn set_module(&self, info: &ModuleInfo) -> BrokerResult<()>;
     async fn get_module(&self, module: &str) -> BrokerResult<Option<ModuleInfo>>;

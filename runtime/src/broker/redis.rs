@@ -13,7 +13,8 @@
 //! | `dlq:{q}` | stream | dead letters: `m`, `reason`, `at` |
 //! | `queues` | set | queue names |
 //! | `result:<id>` | string, EX | result record JSON; also a pub/sub channel |
-//! | `component:<digest>` | hash | `bytes`, `sig`, `uploaded_at` |
+//! | `component:<digest>` | hash | `bytes`, `uploaded_at`, `sig` (the first signature, for older workers) |
+//! | `component-sigs:<digest>` | hash | `<key_id>:<module>` -> signature JSON |
 //! | `module:<name>` | string | current [`ModuleInfo`] JSON |
 //! | `module-history:<name>` | list | digests the name pointed at, newest first |
 //! | `modules` | set | module names |
@@ -33,7 +34,7 @@ use super::results_pubsub::ResultChannels;
 use super::{
     Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
     FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats, ResultWrite,
-    StoredComponent, WorkerInfo, redact,
+    WorkerInfo, redact, signature_slot,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -466,37 +467,54 @@ impl Broker for RedisBroker {
         &self,
         digest: &Digest,
         bytes: &[u8],
+        key_id: &str,
+        module: &str,
         signature: &str,
     ) -> BrokerResult<bool> {
         let key = self.key(&format!("component:{digest}"));
-        let mut conn = self.conn();
-        let new: bool = conn.hset_nx(&key, "bytes", bytes).await?;
-        if new {
-            let _: () = conn
-                .hset_multiple(
-                    &key,
-                    &[
-                        ("sig", signature.to_string()),
-                        ("uploaded_at", now_ms().to_string()),
-                    ],
-                )
-                .await?;
-        }
+        // One MULTI: the bytes never appear without a signature.
+        let (new,): (bool,) = redis::pipe()
+            .atomic()
+            .hset_nx(&key, "bytes", bytes)
+            .hset_nx(&key, "uploaded_at", now_ms())
+            .ignore()
+            // Workers of earlier releases read only this field.
+            .hset_nx(&key, "sig", signature)
+            .ignore()
+            .hset(
+                self.key(&format!("component-sigs:{digest}")),
+                signature_slot(key_id, module),
+                signature,
+            )
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
         Ok(new)
     }
 
-    async fn get_component(&self, digest: &Digest) -> BrokerResult<Option<StoredComponent>> {
-        let key = self.key(&format!("component:{digest}"));
-        let (bytes, sig): (Option<Vec<u8>>, Option<String>) = redis::cmd("HMGET")
-            .arg(&key)
-            .arg("bytes")
-            .arg("sig")
-            .query_async(&mut self.conn())
+    async fn get_component_signatures(&self, digest: &Digest) -> BrokerResult<Option<Vec<String>>> {
+        // A separate key, so that checking signatures never touches (or
+        // transfers) the bytes.
+        let sigs: Vec<String> = self
+            .conn()
+            .hvals(self.key(&format!("component-sigs:{digest}")))
             .await?;
-        Ok(match (bytes, sig) {
-            (Some(bytes), Some(signature)) => Some(StoredComponent { bytes, signature }),
-            _ => None,
-        })
+        if !sigs.is_empty() {
+            return Ok(Some(sigs));
+        }
+        // Stored by an earlier release: one signature, beside the bytes.
+        let legacy: Option<String> = self
+            .conn()
+            .hget(self.key(&format!("component:{digest}")), "sig")
+            .await?;
+        Ok(legacy.map(|s| vec![s]))
+    }
+
+    async fn get_component_bytes(&self, digest: &Digest) -> BrokerResult<Option<Vec<u8>>> {
+        Ok(self
+            .conn()
+            .hget(self.key(&format!("component:{digest}")), "bytes")
+            .await?)
     }
 
     async fn set_module(&self, info: &ModuleInfo) -> BrokerResult<()> {

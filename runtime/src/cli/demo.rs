@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::runtime;
 use crate::broker::{Broker, MemoryBroker};
 use crate::client::{SubmitOptions, TaskRequest, submit_many};
-use crate::registry::upload;
+use crate::registry::{UploadOptions, upload};
 use crate::results::TaskState;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
@@ -45,17 +45,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     runtime()?.block_on(async move {
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-        for (path, module) in [(&math, "math"), (&text, "text")] {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let sig = sign_component(&bytes, &key, module)?;
-            let up = upload(broker.as_ref(), &bytes, &sig, &trust).await?;
-            println!("uploaded {:<5} {}  ({} KiB, signed by a throwaway key)", up.module, up.digest, bytes.len() / 1024);
-        }
-
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             concurrency: args.concurrency,
             ..SandboxConfig::default()
         })?);
+        // Upload checks each component as the worker will load it.
+        let check = |b: &[u8]| sandbox.load(b).map(|_| ()).map_err(|e| e.to_string());
+        for (path, module) in [(&math, "math"), (&text, "text")] {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let sig = sign_component(&bytes, &key, module)?;
+            let up = upload(broker.as_ref(), &bytes, &sig, &trust, UploadOptions::new(&check)).await?;
+            println!("uploaded {:<5} {}  ({} KiB, signed by a throwaway key)", up.module, up.digest, bytes.len() / 1024);
+        }
         let worker = Worker::new(
             broker.clone(),
             sandbox,

@@ -1,3 +1,7 @@
+//! `celeriac upload`: refuse what a worker would refuse (size, signature,
+//! the component itself, checked by loading it as a worker does) and
+//! silent rollbacks, then store it and point its module at it.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -5,8 +9,10 @@ use anyhow::Context;
 
 use super::common::BrokerArgs;
 use super::{exit, one_line, runtime};
-use crate::registry::{RegistryError, upload};
+use crate::registry::{DEFAULT_MAX_COMPONENT_SIZE, RegistryError, UploadOptions, upload};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::{SignatureFile, TrustStore, signature_path};
+use crate::units::{format_size, parse_size};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,11 +24,32 @@ pub struct Args {
     /// Directory of trusted public keys: only what they signed is accepted.
     #[arg(long, env = "CELERIAC_TRUST")]
     trust: PathBuf,
+    /// Refuse components larger than this.
+    #[arg(long, value_name = "SIZE", default_value_t = format_size(DEFAULT_MAX_COMPONENT_SIZE as u64))]
+    max_size: String,
+    /// Move the module to a component signed before its current one (a
+    /// rollback); refused without this flag.
+    #[arg(long)]
+    allow_downgrade: bool,
     #[command(flatten)]
     broker: BrokerArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let max_size = usize::try_from(parse_size(&args.max_size)?).unwrap_or(usize::MAX);
+    // Checked before reading, so a huge file is never loaded.
+    let len = std::fs::metadata(&args.component)
+        .with_context(|| format!("reading {}", args.component.display()))?
+        .len();
+    if len > max_size as u64 {
+        eprintln!(
+            "error: {}: component is {}, over the upload limit of {} (--max-size)",
+            args.component.display(),
+            format_size(len),
+            format_size(max_size as u64)
+        );
+        return Ok(ExitCode::from(exit::ERROR));
+    }
     let bytes = std::fs::read(&args.component)
         .with_context(|| format!("reading {}", args.component.display()))?;
     let sig_path = args
@@ -37,6 +64,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let trust = TrustStore::load(&args.trust)?;
+    // The worker's own loading path (compile, link against what the host
+    // offers, contract check), so whatever uploads also runs.
+    let sandbox = Sandbox::new(SandboxConfig {
+        concurrency: 1,
+        ..SandboxConfig::default()
+    })?;
+    let check = |bytes: &[u8]| {
+        sandbox
+            .load(bytes)
+            .map(|_| ())
+            .map_err(|e| one_line(&e.to_string()))
+    };
+    let options = UploadOptions {
+        max_size,
+        allow_downgrade: args.allow_downgrade,
+        ..UploadOptions::new(&check)
+    };
     runtime()?.block_on(async {
         let broker = args.broker.connect().await?;
         let sig = match SignatureFile::from_json(&sig_text) {
@@ -46,22 +90,39 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(exit::UNTRUSTED));
             }
         };
-        match upload(broker.as_ref(), &bytes, &sig, &trust).await {
+        match upload(broker.as_ref(), &bytes, &sig, &trust, options).await {
             Ok(up) => {
                 println!("{} {}", up.module, up.digest);
-                if let Some(prev) = up.previous {
-                    eprintln!(
+                match (up.previous, up.downgraded) {
+                    (Some(prev), true) => eprintln!(
+                        "module `{}` rolled back from {prev}; messages pinning it still run",
+                        up.module
+                    ),
+                    (Some(prev), false) => eprintln!(
                         "module `{}` moved from {prev}; messages pinning it still run",
                         up.module
-                    );
-                } else if !up.new_bytes {
-                    eprintln!("already uploaded");
+                    ),
+                    (None, _) if !up.new_bytes => eprintln!("already uploaded"),
+                    (None, _) => {}
                 }
                 Ok(ExitCode::SUCCESS)
             }
             Err(RegistryError::Refused(e)) => {
                 eprintln!("refused: {}", one_line(&e.to_string()));
                 Ok(ExitCode::from(exit::UNTRUSTED))
+            }
+            Err(
+                e @ (RegistryError::Invalid(_)
+                | RegistryError::TooLarge { .. }
+                | RegistryError::Downgrade { .. }
+                | RegistryError::Signature(_)),
+            ) => {
+                eprintln!(
+                    "error: {}: {}",
+                    args.component.display(),
+                    one_line(&e.to_string())
+                );
+                Ok(ExitCode::from(exit::ERROR))
             }
             Err(e) => Err(e.into()),
         }

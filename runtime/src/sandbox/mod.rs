@@ -24,7 +24,7 @@ use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-pub use cache::default_cache_root;
+pub use cache::{CacheError, default_cache_root};
 pub use engine::EPOCH_TICK;
 pub use limits::Limits;
 pub use outcome::{FailureKind, TaskCall, TaskError, TaskReport};
@@ -62,7 +62,7 @@ impl Default for SandboxConfig {
         Self {
             concurrency: 4,
             fuel: true,
-            cache_dir: Some(default_cache_root()),
+            cache_dir: default_cache_root(),
             loaded_capacity: 64,
             output_cap: 64 << 10,
             log_cap: 256 << 10,
@@ -81,6 +81,9 @@ pub enum SandboxError {
     Link(String),
     #[error("component does not implement {CONTRACT}: {0}")]
     Contract(String),
+    /// The compile cache is not private to this user (see `cache`).
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
 }
 
 /// Where a loaded component came from: shows what the caches saved.
@@ -139,10 +142,10 @@ impl Sandbox {
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let disk = config
-            .cache_dir
-            .as_deref()
-            .and_then(|root| DiskCache::open(root, &engine));
+        let disk = match config.cache_dir.as_deref() {
+            Some(root) => DiskCache::open(root, &engine)?,
+            None => None,
+        };
         let capacity =
             NonZeroUsize::new(config.loaded_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {

@@ -1,3 +1,5 @@
+//! Content digests: a component is named by the SHA-256 of its bytes.
+
 use std::fmt;
 use std::str::FromStr;
 

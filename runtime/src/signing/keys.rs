@@ -1,3 +1,5 @@
+//! ed25519 key files: generating, loading, and their short ids.
+
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

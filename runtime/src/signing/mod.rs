@@ -26,6 +26,7 @@ mod trust;
 pub use digest::{Digest, DigestError};
 pub use keys::{KeyError, KeyPair, PublicKey, generate_keypair, key_id};
 pub use signature::{
-    Manifest, SignatureError, SignatureFile, sign_component, signature_path, validate_module_name,
+    Manifest, SignatureError, SignatureFile, sign_component, sign_component_at, signature_path,
+    validate_module_name,
 };
-pub use trust::{TrustStore, Verified, VerifyError};
+pub use trust::{Signed, TrustStore, Verified, VerifyError};

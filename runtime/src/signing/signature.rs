@@ -1,3 +1,6 @@
+//! Signature files and manifests: what a publisher signs and how it is
+//! encoded (see the module docs of `signing` for the format).
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -26,6 +29,18 @@ pub struct Manifest {
     pub signer: String,
     /// When it was signed, RFC 3339.
     pub signed_at: String,
+}
+
+impl Manifest {
+    /// `signed_at` as a time; the registry orders versions of a module by it.
+    pub fn signed_at_time(&self) -> Result<SystemTime, SignatureError> {
+        humantime::parse_rfc3339_weak(&self.signed_at).map_err(|e| {
+            SignatureError::Malformed(format!(
+                "manifest signed_at `{}` is not an RFC 3339 time: {e}",
+                self.signed_at
+            ))
+        })
+    }
 }
 
 /// The on-disk (and on-wire) signature: see the module docs for the format.
@@ -69,11 +84,23 @@ pub fn validate_module_name(name: &str) -> Result<(), SignatureError> {
     }
 }
 
-/// Sign `bytes` as module `module` with `key`.
+/// Sign `bytes` as module `module` with `key`, dated now.
 pub fn sign_component(
     bytes: &[u8],
     key: &KeyPair,
     module: &str,
+) -> Result<SignatureFile, SignatureError> {
+    sign_component_at(bytes, key, module, SystemTime::now())
+}
+
+/// Sign with an explicit `signed_at` (to the second): for reproducible
+/// release pipelines, and for tests of version ordering, which registries
+/// decide by `signed_at`.
+pub fn sign_component_at(
+    bytes: &[u8],
+    key: &KeyPair,
+    module: &str,
+    signed_at: SystemTime,
 ) -> Result<SignatureFile, SignatureError> {
     validate_module_name(module)?;
     let manifest = Manifest {
@@ -81,7 +108,7 @@ pub fn sign_component(
         size: bytes.len() as u64,
         module: module.to_string(),
         signer: key.name.clone(),
-        signed_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        signed_at: humantime::format_rfc3339_seconds(signed_at).to_string(),
     };
     let payload = serde_json::to_vec(&manifest)
         .map_err(|e| SignatureError::Malformed(format!("could not encode manifest: {e}")))?;

@@ -1,3 +1,6 @@
+//! Trust stores: the public keys a host trusts, and verification of a
+//! signature (and of component bytes) against them.
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +15,16 @@ use super::{Digest, KeyError, Manifest, PublicKey, SignatureError, SignatureFile
 pub struct TrustStore {
     keys: HashMap<String, PublicKey>,
     dir: PathBuf,
+}
+
+/// A manifest a trusted key signed: the bytes it names are not checked yet
+/// (see [`TrustStore::verify_signature`]).
+#[derive(Clone, Debug)]
+pub struct Signed {
+    pub manifest: Manifest,
+    /// The trusted key's local name (its file stem in the trust directory).
+    pub signer: String,
+    pub key_id: String,
 }
 
 /// A component whose bytes a trusted key signed.
@@ -106,6 +119,28 @@ impl TrustStore {
 
     /// Check that a trusted key signed exactly `bytes`.
     pub fn verify(&self, bytes: &[u8], sig: &SignatureFile) -> Result<Verified, VerifyError> {
+        let signed = self.verify_signature(sig)?;
+        let actual = Digest::of(bytes);
+        if actual != signed.manifest.digest {
+            return Err(VerifyError::Tampered {
+                actual,
+                signed: signed.manifest.digest,
+                signer: signed.signer,
+            });
+        }
+        Ok(Verified {
+            digest: actual,
+            manifest: signed.manifest,
+            signer: signed.signer,
+            key_id: signed.key_id,
+        })
+    }
+
+    /// Check the signature alone: its key is trusted and it is valid over
+    /// its manifest. Cheap (no component bytes needed), so a worker can
+    /// refuse a component before fetching megabytes of it; the caller must
+    /// still check that the bytes hash to `manifest.digest`.
+    pub fn verify_signature(&self, sig: &SignatureFile) -> Result<Signed, VerifyError> {
         let key = self.keys.get(&sig.key_id);
         let payload = sig.payload_bytes()?;
         let Some(key) = key else {
@@ -129,16 +164,7 @@ impl TrustStore {
         // Only now is the manifest trustworthy.
         let manifest: Manifest = serde_json::from_slice(&payload)
             .map_err(|e| VerifyError::Malformed(format!("manifest is not valid: {e}")))?;
-        let actual = Digest::of(bytes);
-        if actual != manifest.digest {
-            return Err(VerifyError::Tampered {
-                actual,
-                signed: manifest.digest,
-                signer: key.name.clone(),
-            });
-        }
-        Ok(Verified {
-            digest: actual,
+        Ok(Signed {
             manifest,
             signer: key.name.clone(),
             key_id: sig.key_id.clone(),
@@ -227,6 +253,49 @@ mod tests {
             trust.verify(&bytes, &garbled),
             Err(VerifyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_signature_is_checked_without_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, alice_pub) = keypair(dir.path(), "alice");
+        let (mallory, _) = keypair(dir.path(), "mallory");
+        let trust = TrustStore::from_keys([alice_pub]);
+        let bytes = b"\0asm some component".to_vec();
+        let sig = sign_component(&bytes, &alice, "math").unwrap();
+        let signed = trust.verify_signature(&sig).unwrap();
+        assert_eq!(signed.manifest.digest, Digest::of(&bytes));
+        assert_eq!(
+            (signed.signer.as_str(), signed.manifest.module.as_str()),
+            ("alice", "math")
+        );
+        assert!(matches!(
+            trust.verify_signature(&sign_component(&bytes, &mallory, "math").unwrap()),
+            Err(VerifyError::UnknownKey { .. })
+        ));
+        let mut forged = sig.clone();
+        forged.payload = sign_component(b"other", &alice, "math").unwrap().payload;
+        assert!(matches!(
+            trust.verify_signature(&forged),
+            Err(VerifyError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn signed_at_is_explicit_and_parsed_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, alice_pub) = keypair(dir.path(), "alice");
+        let trust = TrustStore::from_keys([alice_pub]);
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let sig = crate::signing::sign_component_at(b"x", &alice, "math", at).unwrap();
+        let m = trust.verify(b"x", &sig).unwrap().manifest;
+        assert_eq!(m.signed_at, "2027-01-15T08:00:00Z");
+        assert_eq!(m.signed_at_time().unwrap(), at);
+        let odd = Manifest {
+            signed_at: "yesterday".into(),
+            ..m
+        };
+        assert!(odd.signed_at_time().is_err());
     }
 
     #[test]

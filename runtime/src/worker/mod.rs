@@ -558,7 +558,8 @@ impl Worker {
                 );
             }
         };
-        let component = match self.components.get(&msg.digest).await {
+        // Only a component a trusted key signed as this module comes back.
+        let component = match self.components.get(&msg.digest, module).await {
             Ok(c) => c,
             Err(LoadError::Transient(e)) => {
                 // The broker hiccuped: let another attempt (or worker) try.
@@ -579,18 +580,6 @@ impl Worker {
                 );
             }
         };
-        if component.module != module {
-            let reason = format!(
-                "component {} is signed as module `{}`, but the message asks for `{}`",
-                msg.digest, component.module, msg.task
-            );
-            return refuse(
-                self.record(msg, TaskState::Failure),
-                "refused",
-                &reason,
-                &self.rules,
-            );
-        }
 
         // Run.
         let call = TaskCall {
