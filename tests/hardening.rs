@@ -360,6 +360,7 @@ async fn oversized_and_malformed_floods_stay_bounded() {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap();
+    eprintln!("flooded worker peak RSS: {} MiB", hwm_kib / 1024);
     w.signal("-TERM");
     w.exit_within(Duration::from_secs(10)).await;
     let dead = b.dlq_list("default", 1000).await.unwrap();

@@ -42,19 +42,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         println!();
         println!(
-            "{:<36} {:<20} {:>6} {:>6} {:>10} {:>10}",
+            "{:<36} {:<20} {:>6} {:>6} {:>10} {:>10}  HEALTH",
             "WORKER", "QUEUES", "SLOTS", "BUSY", "PROCESSED", "SEEN"
         );
         let now = now_ms();
         for w in &workers {
             println!(
-                "{:<36} {:<20} {:>6} {:>6} {:>10} {:>9}s",
+                "{:<36} {:<20} {:>6} {:>6} {:>10} {:>9}s  {}",
                 w.id,
                 w.queues.join(","),
                 w.concurrency,
                 w.busy,
                 w.processed,
-                now.saturating_sub(w.seen_at) / 1000
+                now.saturating_sub(w.seen_at) / 1000,
+                w.problem.as_deref().unwrap_or("ok")
             );
         }
         if workers.is_empty() {
