@@ -762,6 +762,7 @@ fn error_kind(e: &TaskError) -> (&'static str, Option<Duration>) {
         TaskError::FuelExhausted { .. } => ("fuel-exhausted", None),
         TaskError::MemoryLimit { .. } => ("memory-limit", None),
         TaskError::Trap(_) => ("trap", None),
+        TaskError::Exited { .. } => ("exit", None),
         TaskError::Host(_) => ("host", None),
     }
 }
