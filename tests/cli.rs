@@ -133,6 +133,30 @@ fn run_names_each_cause_in_one_line() {
             &["run", &m, "misbehave.recurse"],
             "error: trap: stack overflow",
         ),
+        (
+            &["run", &m, "misbehave.exit", "[3]"],
+            "error: task exited with status 3",
+        ),
+        (
+            &[
+                "run",
+                &m,
+                "misbehave.crash",
+                r#"["thread 'main' panicked at src/host.rs:1:1:\nhost says no\n", 1]"#,
+            ],
+            "error: trap: unreachable instruction executed (guest stderr: panicked at src/host.rs:1:1: host says no)",
+        ),
+        (
+            &[
+                "run",
+                &m,
+                "misbehave.host_work",
+                r#"["random", 1048576]"#,
+                "--fuel",
+                "10000000",
+            ],
+            "error: fuel exhausted (10000000 units)",
+        ),
     ];
     for (args, expected) in cases {
         let o = s.celeriac(args);
@@ -148,11 +172,70 @@ fn run_names_each_cause_in_one_line() {
     let o = s.celeriac(&["run", &m, "misbehave.panic", r#"["oh no"]"#]);
     assert_eq!(code(&o), 1);
     assert!(
-        cause(&o).starts_with("error: trap: panicked at "),
+        cause(&o).starts_with(
+            "error: trap: unreachable instruction executed (guest stderr: panicked at "
+        ),
         "{}",
         cause(&o)
     );
-    assert!(cause(&o).ends_with(": oh no"), "{}", cause(&o));
+    assert!(cause(&o).ends_with(": oh no)"), "{}", cause(&o));
+    // The whole of stderr is that one line: no wasm backtrace.
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+}
+
+/// `celeriac … | head`: a closed stdout ends the command quietly, with the
+/// status of a process killed by SIGPIPE, instead of a panic (exit 101).
+#[test]
+fn closed_stdout_exits_quietly() {
+    let s = Scratch::new();
+    let text = s.component("text", "text.wasm");
+    // A result larger than a pipe's buffer (64 KiB; one argument may be
+    // up to 128 KiB), so writing it hits the closed pipe whenever the
+    // reader goes away.
+    let big = serde_json::json!(["a".repeat(100 << 10)]).to_string();
+    for args in [
+        vec!["run", text.as_str(), "text.upper", big.as_str()],
+        vec!["inspect", text.as_str(), "--json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(&args)
+            .env("CELERIAC_CACHE_DIR", s.path("cache"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before anything is written
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{}: {stderr}", args[0]);
+        assert!(stderr.is_empty(), "{}: {stderr}", args[0]);
+    }
+}
+
+/// What cannot be loaded is said in one line, also by `inspect`.
+#[test]
+fn inspect_of_junk_says_why_in_one_line() {
+    let s = Scratch::new();
+    let junk = s.path("junk.wasm");
+    std::fs::write(&junk, b"definitely not a component").unwrap();
+    let o = s.celeriac(&["inspect", junk.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    let out = stdout(&o);
+    let error = out.lines().last().unwrap_or_default();
+    assert!(
+        error.starts_with("error:     not a valid component: "),
+        "{out}"
+    );
+    // Every line is a `field: value` line of the report (or an import).
+    for line in out.lines() {
+        assert!(
+            line.starts_with("  ") || line.split_once(':').is_some_and(|(k, _)| !k.contains(' ')),
+            "stray line {line:?} in:\n{out}"
+        );
+    }
+    let o = s.celeriac(&["inspect", junk.to_str().unwrap(), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!doc["error"].as_str().unwrap().contains('\n'), "{doc}");
 }
 
 #[test]
@@ -310,6 +393,22 @@ fn signing_verification_and_trust() {
         "{}",
         cause(&o)
     );
+
+    // A private key others can read is refused, naming the fix, as ssh does.
+    std::fs::set_permissions(
+        keys.join("alice.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let o = s.celeriac(&["sign", &math, "--key", alice_key]);
+    assert_eq!(code(&o), 2);
+    assert_eq!(
+        cause(&o),
+        format!(
+            "error: {alice_key}: private key is accessible by others (mode 0666); run `chmod 600 {alice_key}`"
+        )
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
 
     // A trust directory without keys is an error, not "trust nothing quietly".
     std::fs::create_dir_all(s.path("no-keys")).unwrap();

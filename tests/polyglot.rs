@@ -58,7 +58,13 @@ enum Expect {
     /// Failure kind and how the message starts (type errors are phrased
     /// by each language's decoder).
     FailStarting(&'static str, &'static str),
+    /// Like `FailStarting`, and the whole message (kind included) is at most
+    /// this many characters: a huge bad argument is quoted in part only.
+    FailShort(&'static str, &'static str, usize),
 }
+
+/// How much of a bad argument every SDK quotes before `…`.
+const QUOTED_CHARS: usize = 64;
 
 struct Case {
     name: &'static str,
@@ -171,6 +177,25 @@ fn cases(large: usize) -> Vec<Case> {
             json!(["héllo"]),
             Expect::Fail("fatal", "not ASCII: `é` at character 1".into()),
         ),
+        Case {
+            name: "large unknown keyword is quoted in part",
+            task: "upper",
+            args: json!([]),
+            kwargs: json!({ "k".repeat(large): "a" }),
+            expect: Expect::Fail(
+                "invalid-input",
+                format!(
+                    "upper() got an unexpected keyword argument `{}…`",
+                    "k".repeat(QUOTED_CHARS)
+                ),
+            ),
+        },
+        case(
+            "large argument of the wrong type is quoted in part",
+            "eventually",
+            json!(["text", "9".repeat(large)]),
+            Expect::FailShort("invalid-input", "argument `after`:", 200),
+        ),
         case(
             "large input, sha256",
             "sha256",
@@ -219,6 +244,11 @@ fn conformance_through_celeriac_run() {
                 Expect::FailStarting(kind, prefix) => {
                     out.status.code() == Some(1)
                         && cause.starts_with(&format!("error: {kind}: {prefix}"))
+                }
+                Expect::FailShort(kind, prefix, max) => {
+                    out.status.code() == Some(1)
+                        && cause.starts_with(&format!("error: {kind}: {prefix}"))
+                        && cause.chars().count() <= "error: ".len() + max
                 }
             };
             if !ok {
@@ -291,7 +321,8 @@ async fn conformance_through_a_worker() {
                 .map(|e| (e.kind.as_str(), e.message.as_str()))
                 .unwrap_or_default();
             let ok = match &case.expect {
-                _ if case.task == "eventually" => {
+                // The retry case: through a worker it retries and succeeds.
+                Expect::Fail("retry", _) if case.task == "eventually" => {
                     r.state == TaskState::Success
                         && r.retries == 1
                         && r.result == Some(json!("later"))
@@ -304,6 +335,12 @@ async fn conformance_through_a_worker() {
                     r.state == TaskState::Failure
                         && kind == *k
                         && message.starts_with(&format!("{k}: {prefix}"))
+                }
+                Expect::FailShort(k, prefix, max) => {
+                    r.state == TaskState::Failure
+                        && kind == *k
+                        && message.starts_with(&format!("{k}: {prefix}"))
+                        && message.chars().count() <= *max
                 }
             };
             if !ok {

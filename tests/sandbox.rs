@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use celeriac::sandbox::{
-    FailureKind, Limits, LoadedComponent, Origin, Sandbox, SandboxConfig, TaskCall, TaskError,
+    FailureKind, HOST_FUEL_PER_BYTE, Limits, LoadedComponent, Origin, Sandbox, SandboxConfig,
+    TaskCall, TaskError,
 };
 use serde_json::{Value, json};
 
@@ -228,15 +229,138 @@ async fn misbehave_failures_are_typed() {
         json!({"retries": 2})
     );
 
+    // A panic is a trap; its message is the guest's stderr, quoted as such.
     match run(&f, &m, "misbehave", "panic", json!(["kaboom"])).await {
         Err(TaskError::Trap(msg)) => {
             assert!(
-                msg.starts_with("panicked at tasks/misbehave/src/lib.rs"),
+                msg.starts_with(
+                    "unreachable instruction executed (guest stderr: panicked at tasks/misbehave/src/lib.rs"
+                ),
                 "{msg}"
             );
-            assert!(msg.ends_with(": kaboom"), "{msg}");
+            assert!(msg.ends_with(": kaboom)"), "{msg}");
         }
         other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+/// What a guest prints is never presented as the host's finding, and a
+/// chatty guest does not push its panic message out of the capture.
+#[tokio::test]
+async fn crash_causes_quote_guest_stderr_as_the_guests() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+
+    // A forged panic line, then a plain trap: the host names the trap and
+    // quotes the forgery as guest output.
+    let forged = "thread 'main' panicked at src/host.rs:12:1:\nhost out of memory\n";
+    let r = run(&f, &m, "misbehave", "crash", json!([forged, 1])).await;
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "trap: unreachable instruction executed (guest stderr: panicked at src/host.rs:12:1: host out of memory)"
+    );
+
+    // 100 KiB of stderr before the panic: the message still comes through.
+    let line = format!("{}\n", "y".repeat(1023));
+    let r = run(&f, &m, "misbehave", "crash", json!([line, 100, "boom"])).await;
+    match r {
+        Err(TaskError::Trap(msg)) => {
+            assert!(
+                msg.starts_with(
+                    "unreachable instruction executed (guest stderr: panicked at tasks/misbehave/src/lib.rs:"
+                ),
+                "{msg}"
+            );
+            assert!(msg.ends_with(": boom)"), "{msg}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
+
+    // A huge panic message is quoted in one bounded line.
+    let r = run(&f, &m, "misbehave", "panic", json!(["z\n".repeat(50_000)])).await;
+    let msg = r.unwrap_err().to_string();
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(msg.chars().count() < 400, "{} chars", msg.chars().count());
+}
+
+/// Exiting is its own cause, and like a host refusal (a host call over a
+/// host limit) it would happen again, so neither is retried; both are one
+/// line with no wasm backtrace.
+#[tokio::test]
+async fn exits_and_host_refusals_are_final() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+    let r = run(&f, &m, "misbehave", "exit", json!([3])).await;
+    let e = r.unwrap_err();
+    assert_eq!(e, TaskError::Exited { status: 3 });
+    assert_eq!(e.to_string(), "task exited with status 3");
+    assert!(!e.is_retryable());
+    // Rust's std::process::exit goes through WASI `exit`, which carries
+    // only success or failure.
+    let r = run(&f, &m, "misbehave", "exit", json!([3, true])).await;
+    assert_eq!(r.unwrap_err(), TaskError::Exited { status: 1 });
+
+    // 100 MiB of random in one call: over wasmtime-wasi's 64 MiB limit.
+    let r = run(
+        &f,
+        &m,
+        "misbehave",
+        "host_work",
+        json!(["random", 100 << 20, 1]),
+    )
+    .await;
+    let e = r.unwrap_err();
+    assert_eq!(
+        e,
+        TaskError::Host(
+            "host refused the task: requested len 104857600 exceeds limit 67108864".into()
+        )
+    );
+    assert!(!e.is_retryable());
+}
+
+/// Work a guest makes the host do (random bytes, output, log lines) is
+/// charged to its fuel, so looping on a cheap host call ends like a busy
+/// loop: fuel exhausted.
+#[tokio::test]
+async fn host_work_is_charged_to_fuel() {
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+    for kind in ["random", "insecure", "stdout", "log"] {
+        // Forever, 1 MiB per call, under a budget of ten such calls.
+        let limits = Limits {
+            fuel: 10_000_000,
+            timeout: Duration::from_secs(20),
+            ..Limits::default()
+        };
+        let r = run_with(
+            &f,
+            &m,
+            call("misbehave", "host_work", json!([kind, 1 << 20])),
+            limits,
+        )
+        .await;
+        assert_eq!(
+            r.unwrap_err(),
+            TaskError::FuelExhausted { fuel: 10_000_000 },
+            "{kind}"
+        );
+
+        // Eight calls: billed at least the 8 MiB the host moved.
+        let report = f
+            .sandbox
+            .run(
+                &m,
+                &call("misbehave", "host_work", json!([kind, 1 << 20, 8])),
+                &Limits::default(),
+            )
+            .await;
+        assert_eq!(report.result.unwrap(), (8 << 20).to_string(), "{kind}");
+        let fuel = report.fuel_consumed.unwrap();
+        assert!(
+            fuel >= (8 << 20) * HOST_FUEL_PER_BYTE,
+            "{kind}: only {fuel} fuel"
+        );
     }
 }
 
@@ -427,6 +551,53 @@ async fn guest_output_is_capped() {
             .unwrap(),
         json!(8 << 20)
     );
+}
+
+/// Log output captured from this thread's tracing events.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One guest log line cannot spend the whole log budget: each is cut to
+/// 8 KiB with a marker saying how much was cut.
+#[tokio::test]
+async fn each_guest_log_line_is_capped() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    // This test's thread only; the sandbox runs the guest on it.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let f = sandbox();
+    let m = load(&f, "misbehave");
+    let r = run(&f, &m, "misbehave", "host_work", json!(["log", 100_000, 3])).await;
+    assert_eq!(r.unwrap(), json!(300_000));
+    let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("xxxxxxxx")).collect();
+    assert_eq!(lines.len(), 3, "{}", &text[..text.len().min(2000)]);
+    for line in lines {
+        assert!(line.len() < 9 << 10, "a line of {} bytes", line.len());
+        assert!(
+            line.contains(&format!(
+                "x … [{} more bytes truncated]",
+                100_000 - (8 << 10)
+            )),
+            "{}",
+            &line[line.len().saturating_sub(200)..]
+        );
+    }
 }
 
 #[tokio::test]

@@ -332,6 +332,25 @@ static char *format(const char *fmt, ...) {
     return s;
 }
 
+/* At most QUOTE_CHARS characters (UTF-8 code points) of an argument in a
+ * message, then "…", as every SDK does: a 100 KB argument must not make a
+ * 100 KB failure message. Returns a malloc'd string. */
+#define QUOTE_CHARS 64
+static char *bounded(const char *s) {
+    size_t i = 0, chars = 0;
+    while (s[i] && chars < QUOTE_CHARS) {
+        i++;
+        while (((unsigned char)s[i] & 0xC0) == 0x80) i++; /* continuation bytes */
+        chars++;
+    }
+    bool cut = s[i] != 0;
+    char *out = xrealloc(NULL, i + (cut ? 4 : 1));
+    memcpy(out, s, i);
+    if (cut) memcpy(out + i, "\xe2\x80\xa6", 3); /* … */
+    out[i + (cut ? 3 : 0)] = 0;
+    return out;
+}
+
 static long param_index(const celeriac_task_def *t, const char *name) {
     for (long i = 0; t->params[i]; i++)
         if (!strcmp(t->params[i], name)) return i;
@@ -473,8 +492,12 @@ static char *check_shape(celeriac_call *c) {
                       nparams == 1 ? "" : "s", c->args.len);
     for (size_t i = 0; i < c->kwargs.len; i++) {
         long p = param_index(t, c->kwargs.keys[i]);
-        if (p < 0) return format("%s() got an unexpected keyword argument `%s`", t->name, c->kwargs.keys[i]);
-        if ((size_t)p < c->args.len) return format("%s() got multiple values for argument `%s`", t->name, c->kwargs.keys[i]);
+        if (p >= 0 && (size_t)p >= c->args.len) continue;
+        char *key = bounded(c->kwargs.keys[i]);
+        char *message = p < 0 ? format("%s() got an unexpected keyword argument `%s`", t->name, key)
+                              : format("%s() got multiple values for argument `%s`", t->name, key);
+        free(key);
+        return message;
     }
     return NULL;
 }
@@ -499,7 +522,9 @@ bool exports_task_call(task_string_t *name, task_string_t *args, task_string_t *
             if (n + l + 3 > cap) { cap = (n + l + 3) * 2; known = xrealloc(known, cap); }
             n += (size_t)sprintf(known + n, "%s%s", i ? ", " : "", celeriac_tasks[i].name);
         }
-        ok = fail(err, CELERIAC_INVALID, format("unknown task `%s`; this module serves: %s", task_name, known));
+        char *shown = bounded(task_name);
+        ok = fail(err, CELERIAC_INVALID, format("unknown task `%s`; this module serves: %s", shown, known));
+        free(shown);
         free(known);
     } else if (!parse_json(args->ptr, args->len, &call.args, &perr)) {
         ok = fail(err, CELERIAC_INVALID, format("args is not valid JSON: %s", perr));

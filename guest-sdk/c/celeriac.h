@@ -18,7 +18,8 @@
  * Parameters are named in CELERIAC_TASK; arguments bind from the JSON args
  * array by position and from the kwargs object by name. A missing or
  * mistyped argument makes the getter return a zero value and the call an
- * invalid-input failure naming the argument, so tasks need not check.
+ * invalid-input failure naming the argument, so tasks need not check;
+ * such messages quote at most 64 characters of what the caller sent.
  * `celeriac build DIR` compiles every .c file in DIR with this SDK.
  */
 #ifndef CELERIAC_H

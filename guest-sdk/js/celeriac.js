@@ -162,12 +162,28 @@ export function task(a, b, c) {
 
 // ---------------------------------------------------------------- binding
 
+// At most 64 characters (code points) of an argument in a message, then
+// '…', as every SDK does: a 100 KB argument must not make a 100 KB reason.
+const QUOTE_CHARS = 64;
+function bounded(text) {
+  const s = String(text);
+  if (s.length <= QUOTE_CHARS) return s; // UTF-16 units >= code points
+  let out = '';
+  let n = 0;
+  for (const ch of s) {
+    if (n === QUOTE_CHARS) return `${out}…`;
+    out += ch;
+    n += 1;
+  }
+  return out;
+}
+
 // Mimic serde_json's wording so every guest language answers alike.
 function describe(v) {
   if (v === null) return 'null';
   if (typeof v === 'boolean') return `boolean \`${v}\``;
   if (typeof v === 'number') return Number.isInteger(v) ? `integer \`${v}\`` : `floating point \`${v}\``;
-  if (typeof v === 'string') return `string ${JSON.stringify(v)}`;
+  if (typeof v === 'string') return `string ${JSON.stringify(bounded(v))}`;
   if (Array.isArray(v)) return 'sequence';
   return 'map';
 }
@@ -210,8 +226,8 @@ function bind(name, params, argsText, kwargsText) {
   }
   for (const key of Object.keys(kwargs)) {
     const i = params.findIndex((p) => p.name === key);
-    if (i < 0) throw new InvalidInput(`${name}() got an unexpected keyword argument \`${key}\``);
-    if (i < args.length) throw new InvalidInput(`${name}() got multiple values for argument \`${key}\``);
+    if (i < 0) throw new InvalidInput(`${name}() got an unexpected keyword argument \`${bounded(key)}\``);
+    if (i < args.length) throw new InvalidInput(`${name}() got multiple values for argument \`${bounded(key)}\``);
   }
   return params.map((p, i) => {
     let v = i < args.length ? args[i] : Object.hasOwn(kwargs, p.name) ? kwargs[p.name] : undefined;
@@ -278,7 +294,7 @@ export async function call(name, argsText, kwargsText) {
   try {
     const t = registry.get(name);
     if (!t) {
-      throw new InvalidInput(`unknown task \`${name}\`; this module serves: ${tasks().join(', ')}`);
+      throw new InvalidInput(`unknown task \`${bounded(name)}\`; this module serves: ${tasks().join(', ')}`);
     }
     const value = await t.fn(...bind(name, t.params, argsText, kwargsText));
     let json;

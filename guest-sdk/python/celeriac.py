@@ -164,6 +164,15 @@ def progress(done: int, total: int) -> None:
 
 
 _P = inspect.Parameter
+_QUOTE_CHARS = 64
+
+
+def _bounded(text) -> str:
+    """At most 64 characters of an argument in a message, then `…`, as every
+    SDK does: a 100 KB argument must not make a 100 KB failure message."""
+    text = str(text)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "…"
+
 _EXPECT = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
            list: "a sequence", dict: "a map"}
 
@@ -175,7 +184,7 @@ def _kind_of(v):  # serde's wording, so messages match the Rust SDK
         return f"boolean `{str(v).lower()}`"
     if isinstance(v, (int, float)):
         return f"{'integer' if isinstance(v, int) else 'floating point'} `{v}`"
-    return "string " + json.dumps(v, ensure_ascii=False)
+    return "string " + json.dumps(_bounded(v), ensure_ascii=False)
 
 
 def _check(pname, value, hint):
@@ -227,9 +236,9 @@ def _bind(n, params, hints, args, kwargs):
                            f" but {len(args)} were given")
     for key in kwargs:
         if key not in named and not var_kw:
-            raise InvalidInput(f"{n}() got an unexpected keyword argument `{key}`")
+            raise InvalidInput(f"{n}() got an unexpected keyword argument `{_bounded(key)}`")
         if key in named and named[key] in pos[:len(args)]:
-            raise InvalidInput(f"{n}() got multiple values for argument `{key}`")
+            raise InvalidInput(f"{n}() got multiple values for argument `{_bounded(key)}`")
     out_args = [_check(p.name, v, hints.get(p.name)) for p, v in zip(pos, args)] + args[len(pos):]
     out_kw = {k: v for k, v in kwargs.items() if k not in named}  # into **kwargs
     for p in pos[len(args):] + [p for p in params if p.kind is _P.KEYWORD_ONLY]:
@@ -243,7 +252,7 @@ def _bind(n, params, hints, args, kwargs):
 def dispatch(name: str, args: str = "[]", kwargs: str = "{}") -> str:
     """Run a task on JSON text and return JSON text; raises TaskError (native tests)."""
     if name not in _TASKS:
-        raise InvalidInput(f"unknown task `{name}`; this module serves: {', '.join(_TASKS)}")
+        raise InvalidInput(f"unknown task `{_bounded(name)}`; this module serves: {', '.join(_TASKS)}")
     fn, params, hints = _TASKS[name]
     a, kw = _bind(name, params, hints, _parse(args, "args", list, name), _parse(kwargs, "kwargs", dict, name))
     result = fn(*a, **kw)

@@ -1,5 +1,7 @@
 //! Binding JSON `args` / `kwargs` to a task's typed parameters, with
-//! Python-like rules and messages that name the offending argument.
+//! Python-like rules and messages that name the offending argument and
+//! quote at most a bounded prefix of it (a 100 KB argument must not make a
+//! 100 KB failure message).
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -59,12 +61,14 @@ impl Input {
             match params.iter().position(|p| p == name) {
                 None => {
                     return Err(invalid(format!(
-                        "{task}() got an unexpected keyword argument `{name}`"
+                        "{task}() got an unexpected keyword argument `{}`",
+                        bounded(name)
                     )));
                 }
                 Some(i) if i < args.len() => {
                     return Err(invalid(format!(
-                        "{task}() got multiple values for argument `{name}`"
+                        "{task}() got multiple values for argument `{}`",
+                        bounded(name)
                     )));
                 }
                 Some(_) => {}
@@ -94,8 +98,59 @@ impl Input {
                 ))
             });
         };
-        serde_json::from_value(value).map_err(|e| invalid(format!("argument `{name}`: {e}")))
+        serde_json::from_value(value).map_err(|e| {
+            invalid(format!(
+                "argument `{name}`: {}",
+                bound_quotes(&e.to_string())
+            ))
+        })
     }
+}
+
+/// Characters of an argument a failure message quotes; the rest becomes
+/// `…`. Every SDK (Python, JavaScript, C) cuts at the same place.
+pub const QUOTE_CHARS: usize = 64;
+
+/// `text` cut to [`QUOTE_CHARS`] characters, marked with `…` when cut.
+pub fn bounded(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Cut every quoted span (`"…"` or `` `…` ``) of a serde message to
+/// [`QUOTE_CHARS`] characters: serde quotes the whole offending value
+/// (`invalid type: string "…", expected u32`).
+fn bound_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' && c != '`' {
+            continue;
+        }
+        // Inside a span: copy up to the limit, then skip to its end. `"`
+        // spans are Debug-escaped, so `\"` does not end one.
+        let mut kept = 0;
+        let mut escaped = false;
+        for d in chars.by_ref() {
+            let closes = d == c && !escaped;
+            escaped = c == '"' && d == '\\' && !escaped;
+            if closes {
+                if kept > QUOTE_CHARS {
+                    out.push('…');
+                }
+                out.push(d);
+                break;
+            }
+            kept += 1;
+            if kept <= QUOTE_CHARS {
+                out.push(d);
+            }
+        }
+    }
+    out
 }
 
 /// Encode a plain return value.
@@ -172,6 +227,36 @@ mod tests {
             message(input.take::<i64>(1)),
             "add() missing required argument `b`"
         );
+    }
+
+    #[test]
+    fn quotes_of_the_input_are_bounded() {
+        let long = "x".repeat(100_000);
+        let mut input = Input::parse("add", PARAMS, &format!(r#"[1, "{long}"]"#), "").unwrap();
+        input.take::<i64>(0).unwrap();
+        let msg = message(input.take::<i64>(1));
+        let cut = "x".repeat(QUOTE_CHARS);
+        assert_eq!(
+            msg,
+            format!(r#"argument `b`: invalid type: string "{cut}…", expected i64"#)
+        );
+        let msg = message(Input::parse(
+            "add",
+            PARAMS,
+            "[]",
+            &format!(r#"{{"{long}": 1}}"#),
+        ));
+        assert_eq!(
+            msg,
+            format!("add() got an unexpected keyword argument `{cut}…`")
+        );
+        // Short quotes, escapes and characters (not bytes) are kept whole.
+        assert_eq!(
+            bound_quotes(r#"invalid type: string "a\"b", expected `u8`"#),
+            r#"invalid type: string "a\"b", expected `u8`"#
+        );
+        assert_eq!(bounded(&"é".repeat(64)), "é".repeat(64));
+        assert_eq!(bounded(&"é".repeat(65)), format!("{}…", "é".repeat(64)));
     }
 
     #[test]

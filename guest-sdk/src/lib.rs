@@ -131,7 +131,8 @@ pub mod __private {
         Failure {
             kind: WitFailureKind::InvalidInput,
             message: format!(
-                "unknown task `{name}`; this module serves: {}",
+                "unknown task `{}`; this module serves: {}",
+                crate::input::bounded(name),
                 known.join(", ")
             ),
             retry_after_ms: None,

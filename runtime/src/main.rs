@@ -1,3 +1,5 @@
+//! The `celeriac` binary: everything lives in [`celeriac::cli`].
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

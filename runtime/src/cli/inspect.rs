@@ -1,10 +1,13 @@
+//! `celeriac inspect`: what a component is, serves, imports and who signed
+//! it; why it cannot load, in one line.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
 
 use super::component::{open, unverified_signature};
-use super::runtime;
+use super::{one_line, runtime};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::signing::Digest;
 use crate::units::format_size;
@@ -44,11 +47,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     vec![],
                     c.imports(&sandbox),
                     c.exports(&sandbox),
-                    Some(e.to_string()),
+                    Some(one_line(&e.to_string())),
                 ),
             }
         }
-        Err(e) => (vec![], vec![], vec![], Some(e.to_string())),
+        Err(e) => (vec![], vec![], vec![], Some(one_line(&e.to_string()))),
     };
 
     let signature = match (

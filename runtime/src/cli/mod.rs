@@ -35,6 +35,9 @@ pub mod exit {
     /// The broker could not be reached (and, when waiting, stayed so until
     /// the deadline).
     pub const UNREACHABLE: u8 = 5;
+    /// Stdout was closed early (`celeriac … | head`): what a process
+    /// killed by SIGPIPE reports, as `cat` would.
+    pub const BROKEN_PIPE: u8 = 141;
 }
 
 #[derive(Parser)]
@@ -91,6 +94,7 @@ enum Command {
 
 /// Entry point of the `celeriac` binary.
 pub fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);
     let result = match cli.command {
@@ -115,11 +119,46 @@ pub fn main() -> ExitCode {
             eprintln!("error: broker unreachable: {}", one_line(&format!("{e:#}")));
             ExitCode::from(exit::UNREACHABLE)
         }
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::BROKEN_PIPE),
         Err(e) => {
             eprintln!("error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(exit::ERROR)
         }
     }
+}
+
+/// `println!` panics when stdout is a pipe its reader closed ("failed
+/// printing to stdout: Broken pipe"). Rust ignores SIGPIPE, and restoring
+/// it would also kill verbs writing to a Redis connection that dropped, so
+/// every verb's stdout writes end here instead: exit quietly.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if is_stdout_broken_pipe_panic(message) {
+            std::process::exit(exit::BROKEN_PIPE.into());
+        }
+        default(info)
+    }));
+}
+
+/// The message std's `print!` family panics with on a closed stdout.
+fn is_stdout_broken_pipe_panic(message: &str) -> bool {
+    // EPIPE is 32 on every Unix Celeriac builds for.
+    message.starts_with("failed printing to stdout") && message.ends_with("(os error 32)")
+}
+
+/// A verb that writes with `?` gets the broken pipe as an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -165,4 +204,29 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_a_closed_stdout() {
+        let io = std::io::Error::from_raw_os_error(32);
+        assert!(is_stdout_broken_pipe_panic(&format!(
+            "failed printing to stdout: {io}"
+        )));
+        assert!(!is_stdout_broken_pipe_panic("index out of bounds"));
+        assert!(!is_stdout_broken_pipe_panic(
+            "failed printing to stdout: No space left on device (os error 28)"
+        ));
+        let e = anyhow::Error::from(io).context("writing the listing");
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("nope")));
+    }
+
+    #[test]
+    fn one_line_flattens() {
+        assert_eq!(one_line("a\n\nCaused by:\n    b"), "a Caused by: b");
+    }
 }

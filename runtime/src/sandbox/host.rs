@@ -1,6 +1,11 @@
 //! Per-task host state: what the guest's imports see and what the limits
-//! track. A fresh one is built for every task, so nothing leaks between tasks.
+//! track, including the host work (bytes moved by host calls) that the
+//! sandbox charges to the task's fuel. A fresh one is built for every task,
+//! so nothing leaks between tasks.
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
@@ -8,6 +13,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::celeriac::task::{context, types};
 use super::output::CappedPipe;
+
+/// Longest guest log line kept, in bytes; longer ones are cut (with a
+/// marker) so one call cannot spend the whole per-task log budget.
+pub(crate) const LOG_LINE_CAP: usize = 8 << 10;
 
 /// Everything one task's store holds.
 pub(crate) struct HostState {
@@ -19,7 +28,14 @@ pub(crate) struct HostState {
     pub stderr: CappedPipe,
     log_budget: usize,
     logs_dropped: u64,
+    logs_truncated: u64,
     pub progress: Option<(u64, u64)>,
+    /// Bytes host calls produced or took for the guest since the last
+    /// charge (random bytes, output, log lines); see [`HostState::take_host_work`].
+    host_work: Arc<AtomicU64>,
+    /// Host calls in progress (an import, and libcalls of wasm the host
+    /// calls back into while serving it); host work is charged at zero.
+    pub host_depth: u32,
 }
 
 /// The running task as the guest sees it through `context.info`.
@@ -35,8 +51,9 @@ pub(crate) struct TaskContext {
 
 impl HostState {
     pub fn new(task: TaskContext, memory_limit: u64, output_cap: usize, log_cap: usize) -> Self {
-        let stdout = CappedPipe::new(output_cap);
-        let stderr = CappedPipe::new(output_cap);
+        let host_work = Arc::new(AtomicU64::new(0));
+        let stdout = CappedPipe::new(output_cap, host_work.clone());
+        let stderr = CappedPipe::new(output_cap, host_work.clone());
         // WASI is linked only because guest toolchains import it; the
         // context grants nothing: no preopened directories, no environment,
         // no arguments, no sockets, no name lookups, stdin closed.
@@ -46,6 +63,8 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .secure_random(MeteredRng::new(host_work.clone()))
+            .insecure_random(MeteredRng::new(host_work.clone()))
             .build();
         Self {
             wasi,
@@ -56,13 +75,82 @@ impl HostState {
             stderr,
             log_budget: log_cap,
             logs_dropped: 0,
+            logs_truncated: 0,
             progress: None,
+            host_work,
+            host_depth: 0,
         }
     }
 
     pub fn logs_dropped(&self) -> u64 {
         self.logs_dropped
     }
+
+    pub fn logs_truncated(&self) -> u64 {
+        self.logs_truncated
+    }
+
+    /// Host work done since the last call, in bytes, and reset the count.
+    pub fn take_host_work(&self) -> u64 {
+        self.host_work.swap(0, Ordering::Relaxed)
+    }
+}
+
+/// The WASI random generators, counting what they hand out into the task's
+/// host work. wasmtime-wasi draws one `u32` per byte of `get-random-bytes`,
+/// so each draw counts as the one byte it becomes.
+struct MeteredRng {
+    inner: Box<dyn wasmtime_wasi::Rng + Send>,
+    host_work: Arc<AtomicU64>,
+}
+
+impl MeteredRng {
+    fn new(host_work: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: wasmtime_wasi::thread_rng(),
+            host_work,
+        }
+    }
+
+    fn count(&self, bytes: usize) {
+        self.host_work.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+impl rand_core::TryRng for MeteredRng {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        self.count(1);
+        Ok(self.inner.next_u32())
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        self.count(8);
+        Ok(self.inner.next_u64())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        self.count(dst.len());
+        self.inner.fill_bytes(dst);
+        Ok(())
+    }
+}
+
+/// Cut a guest log line to [`LOG_LINE_CAP`] bytes (on a character
+/// boundary), saying how much was cut.
+fn cap_log_line(mut message: String) -> (String, bool) {
+    if message.len() <= LOG_LINE_CAP {
+        return (message, false);
+    }
+    let mut end = LOG_LINE_CAP;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = message.len() - end;
+    message.truncate(end);
+    message.push_str(&format!(" … [{cut} more bytes truncated]"));
+    (message, true)
 }
 
 impl WasiView for HostState {
@@ -78,11 +166,16 @@ impl types::Host for HostState {}
 
 impl context::Host for HostState {
     fn log(&mut self, level: context::Level, message: String) {
+        // The whole line crossed into the host, kept or not: charge it.
+        self.host_work
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        let (message, truncated) = cap_log_line(message);
         if message.len() > self.log_budget {
             self.logs_dropped += 1;
             return;
         }
         self.log_budget -= message.len();
+        self.logs_truncated += u64::from(truncated);
         let id = self.task.id.as_str();
         // Guest lines go to their own target so operators can filter them.
         match level {
@@ -183,5 +276,37 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_log_lines_are_cut_with_a_marker() {
+        let (line, cut) = cap_log_line("short".into());
+        assert_eq!((line.as_str(), cut), ("short", false));
+        let (line, cut) = cap_log_line("é".repeat(LOG_LINE_CAP));
+        assert!(cut);
+        assert!(line.starts_with("éé"));
+        assert!(
+            line.ends_with(&format!(" … [{} more bytes truncated]", LOG_LINE_CAP)),
+            "{}",
+            &line[line.len() - 40..]
+        );
+        assert!(line.len() < LOG_LINE_CAP + 64);
+    }
+
+    #[test]
+    fn random_bytes_count_as_host_work() {
+        use rand_core::Rng;
+        let work = Arc::new(AtomicU64::new(0));
+        let mut rng = MeteredRng::new(work.clone());
+        let mut buf = [0u8; 100];
+        rng.fill_bytes(&mut buf);
+        rng.next_u64();
+        rng.next_u32();
+        assert_eq!(work.load(Ordering::Relaxed), 109);
     }
 }

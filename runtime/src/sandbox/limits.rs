@@ -36,3 +36,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// Fuel charged per byte a host call produces or takes for the guest:
+/// random bytes drawn, bytes written to stdout / stderr, log lines. Wasm
+/// fuel is about one unit per instruction, and moving a byte through the
+/// host costs a few instructions' worth, so a guest that makes the host
+/// work (64 MiB of random bytes in a loop) runs out of fuel like one that
+/// does the work itself.
+pub const HOST_FUEL_PER_BYTE: u64 = 1;

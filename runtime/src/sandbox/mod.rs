@@ -1,5 +1,6 @@
 //! The sandbox: runs one task of a component in a fresh wasmtime store under
-//! fuel, wall-clock (epoch) and memory limits.
+//! fuel, wall-clock (epoch) and memory limits, and names why a task failed
+//! in one line.
 //!
 //! One [`Sandbox`] per host: it owns the engine (pooling allocator, fuel and
 //! epoch interruption), the linker (WASI with nothing granted, plus the
@@ -22,11 +23,11 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use tracing::Instrument;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{CallHook, Engine, Store, StoreContextMut, Trap, UpdateDeadline};
 
 pub use cache::{CacheError, default_cache_root};
 pub use engine::EPOCH_TICK;
-pub use limits::Limits;
+pub use limits::{HOST_FUEL_PER_BYTE, Limits};
 pub use outcome::{FailureKind, TaskCall, TaskError, TaskReport};
 
 use bindings::{Task, TaskPre};
@@ -177,7 +178,7 @@ impl Sandbox {
             Some(c) => (c, Origin::DiskCache),
             None => {
                 let c = Component::from_binary(&self.engine, bytes)
-                    .map_err(|e| SandboxError::Compile(format!("{e:#}")))?;
+                    .map_err(|e| SandboxError::Compile(chain_line(&e)))?;
                 if let Some(disk) = &self.disk {
                     disk.store(&digest, &c);
                 }
@@ -187,9 +188,8 @@ impl Sandbox {
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| SandboxError::Link(format!("{e:#}")))?;
-        let pre =
-            TaskPre::new(instance_pre).map_err(|e| SandboxError::Contract(format!("{e:#}")))?;
+            .map_err(|e| SandboxError::Link(chain_line(&e)))?;
+        let pre = TaskPre::new(instance_pre).map_err(|e| SandboxError::Contract(chain_line(&e)))?;
         release_freed_heap();
         let loaded = Arc::new(LoadedComponent {
             digest,
@@ -287,6 +287,25 @@ impl Sandbox {
         if self.config.fuel {
             // Only fails when fuel metering is off, which was just checked.
             let _ = store.set_fuel(limits.fuel);
+            // Work done inside host calls burns no wasm fuel; charge it as
+            // each host call returns, so a guest cannot loop on a cheap
+            // call that makes the host do a lot (64 MiB of random bytes).
+            store.call_hook(|mut ctx, hook| match hook {
+                CallHook::CallingHost => {
+                    ctx.data_mut().host_depth += 1;
+                    Ok(())
+                }
+                CallHook::ReturningFromHost => {
+                    let state = ctx.data_mut();
+                    state.host_depth = state.host_depth.saturating_sub(1);
+                    if state.host_depth == 0 {
+                        charge_host_work(ctx)
+                    } else {
+                        Ok(())
+                    }
+                }
+                _ => Ok(()),
+            });
         }
         // Every tick: trap if past the hard limit, else yield so other tasks
         // on this thread get to run.
@@ -341,12 +360,15 @@ impl Sandbox {
                 limit: limits.timeout,
             }),
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(classify(&e, state, limits, &stderr.bytes, fuel_consumed)),
+            Ok(Err(e)) => Err(classify(&e, state, limits, &stderr, fuel_consumed)),
         };
         emit_output("stdout", &call.id, &stdout);
         emit_output("stderr", &call.id, &stderr);
         if state.logs_dropped() > 0 {
             tracing::warn!(task_id = %call.id, dropped = state.logs_dropped(), "task exceeded its log budget; lines dropped");
+        }
+        if state.logs_truncated() > 0 {
+            tracing::warn!(task_id = %call.id, truncated = state.logs_truncated(), "task logged lines over the per-line cap; they were cut");
         }
         let stats = RunStats {
             fuel_consumed,
@@ -386,6 +408,29 @@ struct RunStats {
     progress: Option<(u64, u64)>,
 }
 
+/// Charge the host work done since the last charge to the store's fuel, at
+/// [`HOST_FUEL_PER_BYTE`]; out of fuel here is out of fuel like in wasm.
+///
+/// Only call it when the outermost host call returns (the import the guest
+/// called): compiled wasm reloads its fuel counter after calling an import,
+/// but not after a libcall (`memory.grow` in the guest's allocator while
+/// the host hands it a list), so a charge made inside one would be lost.
+fn charge_host_work(mut ctx: StoreContextMut<'_, HostState>) -> wasmtime::Result<()> {
+    let work = ctx.data().take_host_work();
+    if work == 0 {
+        return Ok(());
+    }
+    let cost = work.saturating_mul(HOST_FUEL_PER_BYTE);
+    let left = ctx.get_fuel()?;
+    match left.checked_sub(cost) {
+        Some(rest) => ctx.set_fuel(rest),
+        None => {
+            ctx.set_fuel(0)?;
+            Err(wasmtime::Error::new(Trap::OutOfFuel))
+        }
+    }
+}
+
 /// Raised by the epoch callback when the hard time limit has passed.
 #[derive(Debug, thiserror::Error)]
 #[error("hard time limit exceeded")]
@@ -396,7 +441,7 @@ fn classify(
     e: &wasmtime::Error,
     state: &HostState,
     limits: &Limits,
-    stderr: &[u8],
+    stderr: &output::Captured,
     fuel_consumed: Option<u64>,
 ) -> TaskError {
     if e.downcast_ref::<HardLimit>().is_some() {
@@ -411,6 +456,20 @@ fn classify(
             limit: limits.memory,
         };
     }
+    classify_error(e, limits, fuel_consumed, || output::panic_message(stderr))
+}
+
+/// [`classify`] once the host's own findings (time, memory) are ruled out.
+/// `guest_said` reads the guest's panic message, if any, from its stderr.
+fn classify_error(
+    e: &wasmtime::Error,
+    limits: &Limits,
+    fuel_consumed: Option<u64>,
+    guest_said: impl FnOnce() -> Option<String>,
+) -> TaskError {
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return TaskError::Exited { status: exit.0 };
+    }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => TaskError::FuelExhausted {
             fuel: fuel_consumed.unwrap_or(limits.fuel),
@@ -424,30 +483,54 @@ fn classify(
                 Trap::UnreachableCodeReached => "unreachable instruction executed".to_string(),
                 Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
                 Trap::IntegerDivisionByZero => "integer division by zero".to_string(),
-                other => other.to_string(),
+                other => output::quote(&other.to_string()),
             };
-            match output::panic_message(stderr) {
-                Some(panic) => TaskError::Trap(panic),
+            // Anything on stderr is the guest's word (a guest can print a
+            // fake panic line): quoted as such, after the host's finding.
+            match guest_said() {
+                Some(said) => TaskError::Trap(format!("{what} (guest stderr: {said})")),
                 None => TaskError::Trap(what),
             }
         }
         None => match e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
-            Some(p) => TaskError::Host(format!("host is out of instance slots: {p}")),
-            None => TaskError::Trap(format!("{e:#}")),
+            Some(p) => TaskError::Busy(format!("host is out of instance slots: {p}")),
+            // An error from the host, not a trap: a host call over a host
+            // limit, or a result the host cannot take (lifting it failed).
+            // The same call would fail the same way again.
+            None => TaskError::Host(format!("host refused the task: {}", error_line(e))),
         },
     }
 }
 
-/// Hand captured guest output to the log, line by line.
+/// A load error with its whole cause chain, as one line (wasmparser and
+/// the linker put the useful part in the middle of a multi-line text).
+fn chain_line(e: &wasmtime::Error) -> String {
+    let text = e
+        .chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The root cause of a wasmtime error as one bounded line, without the
+/// wasm backtrace wasmtime attaches as context.
+fn error_line(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    output::quote(root.lines().find(|l| !l.trim().is_empty()).unwrap_or(&root))
+}
+
+/// Hand captured guest output to the log, line by line: the head, a note
+/// of what was dropped, then the tail.
 fn emit_output(stream: &str, task_id: &str, captured: &output::Captured) {
-    if captured.bytes.is_empty() && captured.dropped == 0 {
-        return;
-    }
     for line in String::from_utf8_lossy(&captured.bytes).lines() {
         tracing::info!(target: "guest", task_id, stream, "{line}");
     }
     if captured.dropped > 0 {
         tracing::warn!(target: "guest", task_id, stream, dropped_bytes = captured.dropped, "guest output over the cap was dropped");
+    }
+    for line in String::from_utf8_lossy(&captured.tail).lines() {
+        tracing::info!(target: "guest", task_id, stream, "{line}");
     }
 }
 
@@ -460,5 +543,54 @@ fn release_freed_heap() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(e: wasmtime::Error, guest_said: Option<&str>) -> TaskError {
+        let said = guest_said.map(str::to_string);
+        classify_error(&e, &Limits::default(), Some(7), || said)
+    }
+
+    #[test]
+    fn exits_and_host_refusals_are_final_and_one_line() {
+        let e = classified(wasmtime::Error::new(wasmtime_wasi::I32Exit(3)), None);
+        assert_eq!(e, TaskError::Exited { status: 3 });
+        assert!(!e.is_retryable());
+
+        // As wasmtime raises it: a root cause under a multi-line context.
+        let e = wasmtime::Error::msg("string pointer/length out of bounds of memory").context(
+            "error while executing at wasm backtrace:\n    0: 0x1234 - foo\n    1: 0x5678 - bar",
+        );
+        let e = classified(e, Some("panicked at src/lib.rs:1:1: nope"));
+        assert_eq!(
+            e,
+            TaskError::Host(
+                "host refused the task: string pointer/length out of bounds of memory".into()
+            )
+        );
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn guest_stderr_is_quoted_as_the_guests() {
+        let trap = || wasmtime::Error::new(Trap::UnreachableCodeReached);
+        assert_eq!(
+            classified(trap(), None),
+            TaskError::Trap("unreachable instruction executed".into())
+        );
+        let e = classified(trap(), Some("panicked at src/host.rs:1:1: forged"));
+        assert_eq!(
+            e.to_string(),
+            "trap: unreachable instruction executed (guest stderr: panicked at src/host.rs:1:1: forged)"
+        );
+        assert!(e.is_retryable());
+        assert_eq!(
+            classified(wasmtime::Error::new(Trap::OutOfFuel), None),
+            TaskError::FuelExhausted { fuel: 7 }
+        );
     }
 }

@@ -58,19 +58,30 @@ pub enum TaskError {
     FuelExhausted { fuel: u64 },
     #[error("memory limit exceeded ({})", format_size(*limit))]
     MemoryLimit { limit: u64 },
-    /// The guest trapped: panic, unreachable, stack overflow, bad memory access.
+    /// The guest trapped: panic, unreachable, stack overflow, bad memory
+    /// access. One line; text the guest printed is quoted as its own
+    /// (`… (guest stderr: …)`), never presented as the host's finding.
     #[error("trap: {0}")]
     Trap(String),
-    /// The component could not be run at all (missing task, bad component,
-    /// host out of instance slots). Not the guest's fault at run time.
+    /// The guest called WASI `exit` instead of returning a result.
+    #[error("task exited with status {status}")]
+    Exited { status: i32 },
+    /// The component could not be run (missing task, bad component), or
+    /// the host refused what the guest did in a way that would happen again
+    /// (a result it cannot take, a host call over a host limit). One line.
     #[error("{0}")]
     Host(String),
+    /// The host has no room to run it now (out of instance slots): not the
+    /// task's doing, so a worker hands the message back to run later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl TaskError {
     /// Whether the runtime may retry: explicit retry requests and traps
     /// (which are often transient, e.g. a resource spike). Limits, fatal and
-    /// invalid-input failures are not retried.
+    /// invalid-input failures, exits and host refusals would end the same
+    /// way again and are not retried.
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -95,4 +106,25 @@ pub struct TaskReport {
     pub memory_peak: u64,
     /// Last progress the task reported.
     pub progress: Option<(u64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_retried() {
+        let retry = TaskError::Failed {
+            kind: FailureKind::Retry,
+            message: "later".into(),
+            retry_after: None,
+        };
+        assert!(retry.is_retryable());
+        assert!(TaskError::Trap("stack overflow".into()).is_retryable());
+        let exited = TaskError::Exited { status: 3 };
+        assert!(!exited.is_retryable());
+        assert_eq!(exited.to_string(), "task exited with status 3");
+        assert!(!TaskError::Host("host refused the result".into()).is_retryable());
+        assert!(!TaskError::FuelExhausted { fuel: 1 }.is_retryable());
+    }
 }

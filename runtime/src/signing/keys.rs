@@ -1,8 +1,9 @@
-//! ed25519 key files: generating, loading, and their short ids.
+//! Ed25519 key files: creating a pair (the private half 0600), loading them
+//! (refusing a private key others can read), and key ids.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -30,6 +31,10 @@ pub enum KeyError {
     Random(String),
     #[error("key name must be a plain file name, got `{0}`")]
     BadName(String),
+    #[error(
+        "{path}: private key is accessible by others (mode {mode:04o}); run `chmod 600 {path}`"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 /// A signing key and the name it signs as (its file stem).
@@ -113,12 +118,21 @@ pub fn generate_keypair(prefix: &Path) -> Result<(PathBuf, PathBuf, String), Key
 
 impl KeyPair {
     /// Load a private key file written by `celeriac keygen` (or any PKCS#8
-    /// ed25519 PEM).
+    /// ed25519 PEM). Like ssh, refuses a key that group or others may read
+    /// or write: whoever could read it could sign as its owner.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let pem = fs::read_to_string(path).map_err(|source| KeyError::Io {
+        let io = |source| KeyError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mode = fs::metadata(path).map_err(io)?.permissions().mode();
+        if exposed(mode) {
+            return Err(KeyError::Exposed {
+                path: path.to_path_buf(),
+                mode: mode & 0o7777,
+            });
+        }
+        let pem = fs::read_to_string(path).map_err(io)?;
         let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed {
             path: path.to_path_buf(),
             what: "private",
@@ -154,8 +168,42 @@ impl PublicKey {
     }
 }
 
+/// Whether a private key file's mode lets anyone but its owner at it.
+fn exposed(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
 fn stem(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_owner_only_modes_are_private() {
+        assert!(!exposed(0o100600));
+        assert!(!exposed(0o400));
+        assert!(exposed(0o640));
+        assert!(exposed(0o604));
+        assert!(exposed(0o666));
+    }
+
+    #[test]
+    fn loading_an_exposed_key_names_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let (secret, _, _) = generate_keypair(&dir.path().join("alice")).unwrap();
+        assert!(KeyPair::load(&secret).is_ok());
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyPair::load(&secret).err().expect("must refuse");
+        let msg = err.to_string();
+        assert!(msg.contains("(mode 0644)"), "{msg}");
+        assert!(
+            msg.ends_with(&format!("run `chmod 600 {}`", secret.display())),
+            "{msg}"
+        );
+    }
 }

@@ -87,8 +87,8 @@ pub(super) fn settle(
 ) -> Verdict {
     let json = match outcome {
         Ok(json) => json,
-        // Not the task's fault (e.g. out of instance slots): try again.
-        Err(TaskError::Host(_)) => {
+        // Not the task's doing (out of instance slots): try again.
+        Err(TaskError::Busy(_)) => {
             return Verdict {
                 record: None,
                 disposition: Disposition::Requeue,
@@ -177,7 +177,9 @@ pub(super) fn error_kind(e: &TaskError) -> (&'static str, Option<Duration>) {
         TaskError::FuelExhausted { .. } => ("fuel-exhausted", None),
         TaskError::MemoryLimit { .. } => ("memory-limit", None),
         TaskError::Trap(_) => ("trap", None),
+        TaskError::Exited { .. } => ("exit", None),
         TaskError::Host(_) => ("host", None),
+        TaskError::Busy(_) => ("busy", None),
     }
 }
 
@@ -329,6 +331,11 @@ mod tests {
             ),
             (TaskError::FuelExhausted { fuel: 5 }, "fuel-exhausted"),
             (TaskError::MemoryLimit { limit: 1 << 20 }, "memory-limit"),
+            (TaskError::Exited { status: 3 }, "exit"),
+            (
+                TaskError::Host("host refused the task: too big".into()),
+                "host",
+            ),
         ] {
             let v = settle(&msg(0, 3), Err(e), record(), &rules(), 0);
             assert_eq!(
@@ -344,7 +351,7 @@ mod tests {
     fn host_trouble_hands_the_message_back_without_a_record() {
         let v = settle(
             &msg(0, 3),
-            Err(TaskError::Host("out of slots".into())),
+            Err(TaskError::Busy("out of slots".into())),
             record(),
             &rules(),
             0,

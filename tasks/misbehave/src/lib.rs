@@ -133,6 +133,77 @@ pub fn bloat(kind: String, mib: usize) -> Result<String> {
     }
 }
 
+/// Makes the host do the work: `times` rounds (forever without it) of
+/// `chunk` bytes of WASI random (`random`, `insecure`), stdout output
+/// (`stdout`, straight to the WASI stream) or a log line (`log`), each
+/// costing almost no wasm work. Returns the bytes moved.
+#[task]
+pub fn host_work(kind: String, chunk: u64, times: Option<u64>) -> Result<u64> {
+    // Built only when sent: making it is wasm work the test must not count.
+    let line = match kind.as_str() {
+        "stdout" | "log" => "x".repeat(usize::try_from(chunk).unwrap_or(usize::MAX)),
+        _ => String::new(),
+    };
+    let stdout = wasip2::cli::stdout::get_stdout();
+    let mut moved: u64 = 0;
+    let mut round = 0;
+    while times.is_none_or(|t| round < t) {
+        let n = match kind.as_str() {
+            "random" => wasip2::random::random::get_random_bytes(chunk).len(),
+            "insecure" => wasip2::random::insecure::get_insecure_random_bytes(chunk).len(),
+            "stdout" => {
+                let mut rest = line.as_bytes();
+                while !rest.is_empty() {
+                    let room = stdout
+                        .check_write()
+                        .map_err(|e| Error::fatal(e.to_string()))?;
+                    let (now, later) = rest.split_at(rest.len().min(room as usize));
+                    stdout.write(now).map_err(|e| Error::fatal(e.to_string()))?;
+                    rest = later;
+                }
+                line.len()
+            }
+            "log" => {
+                celeriac_sdk::log(celeriac_sdk::Level::Debug, &line);
+                line.len()
+            }
+            other => return Err(Error::invalid_input(format!("unknown kind `{other}`"))),
+        };
+        moved += black_box(n) as u64;
+        round += 1;
+    }
+    Ok(moved)
+}
+
+/// Writes `stderr` to stderr `repeat` times, then panics with `panic`, or
+/// without it executes `unreachable` (a trap with no panic of its own, so
+/// whatever stderr says is the guest's word only).
+#[task]
+pub fn crash(stderr: String, repeat: u64, panic: Option<String>) -> u64 {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    for _ in 0..repeat {
+        let _ = err.write_all(stderr.as_bytes());
+    }
+    match panic {
+        Some(message) => panic!("{message}"),
+        None => std::process::abort(),
+    }
+}
+
+/// Exits instead of returning: through WASI `exit-with-code` (the exact
+/// status reaches the host), or with `std: true` through Rust's
+/// `std::process::exit`, whose WASI `exit` carries only success or failure.
+#[task]
+pub fn exit(status: u8, std: Option<bool>) -> u64 {
+    if std == Some(true) {
+        std::process::exit(i32::from(status))
+    }
+    wasip2::cli::exit::exit_with_code(status);
+    unreachable!("exit-with-code returned")
+}
+
 celeriac_sdk::export_tasks!(
-    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, bloat
+    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, host_work, crash,
+    exit, bloat
 );
