@@ -310,6 +310,7 @@ async fn oversized_and_malformed_floods_stay_bounded() {
     let publisher = Publisher::new();
     publisher.upload(b.as_ref(), &["math"]).await;
     let digest = digest_of(b.as_ref(), "math").await;
+
     let pad = "x".repeat(20 << 20);
     let mut valid = Vec::new();
     for i in 0..1000 {
@@ -702,4 +703,84 @@ async fn waiters_survive_a_redis_restart() {
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// A worker that cannot store results (Redis out of memory) for longer
+/// than its visibility timeout stands down: it says so in its log and
+/// metrics, stops renewing its leases so live workers can take its
+/// messages, and resumes once writes succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_store_results_stands_down() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let prefix = "oom:";
+    let b = celeriac::broker::connect(&url, prefix).await.unwrap();
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let cache = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let w = WorkerProcess::start(
+        &url,
+        prefix,
+        cache.path(),
+        &publisher.trust_dir(),
+        "starved",
+        &["--visibility-timeout", "2s", "--metrics", &addr],
+    );
+    w.ready(b.as_ref()).await;
+    let id = submit(b.as_ref(), "misbehave.sleep", json!([1000])).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.queue_stats("default").await.unwrap().in_flight == 0 {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let config = |conn: &mut redis::Connection, value: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(value)
+            .query(conn)
+            .unwrap();
+    };
+    config(&mut admin, "1");
+    // The task ends, its result cannot be stored: after the visibility
+    // timeout the worker reports it and lets its lease lapse.
+    let healthy = |v: u8| format!("celeriac_worker_healthy {v}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::http_get(port, "/metrics").contains(&healthy(0)) {
+        assert!(Instant::now() < deadline, "never reported unhealthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_ms = |conn: &mut redis::Connection| -> u64 {
+        let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(format!("{prefix}queue:{{default}}"))
+            .arg("workers")
+            .arg("-")
+            .arg("+")
+            .arg(10)
+            .query(conn)
+            .unwrap();
+        rows.first().map_or(0, |r| r.2)
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = idle_ms(&mut admin);
+    assert!(idle > 2_500, "lease still renewed: idle {idle} ms");
+    let log = std::fs::read_to_string(cache.path().join("starved.log")).unwrap();
+    assert!(log.contains("cannot store results for"), "{log}");
+
+    // Memory back: the result is stored and the worker is healthy again.
+    config(&mut admin, "0");
+    assert_eq!(wait(b.as_ref(), &id, 30).await.state, TaskState::Success);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !common::http_get(port, "/metrics").contains(&healthy(1)) {
+        assert!(Instant::now() < deadline, "never healthy again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(w);
+    drop(server);
 }
