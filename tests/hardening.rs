@@ -784,3 +784,61 @@ async fn a_worker_that_cannot_store_results_stands_down() {
     drop(w);
     drop(server);
 }
+
+/// A write Redis refuses for good (here: someone made the dead-letter and
+/// delayed keys the wrong type) fails only the completion that needs it,
+/// which ends as a FAILURE naming the cause; the rest of the batch and
+/// later tasks are stored as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_redis_refuses_fail_only_their_completion() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let mut conn = redis::Client::open(common::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for key in ["dlq:{default}", "delayed:{default}"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}{key}", p.0))
+            .arg("not a stream")
+            .query(&mut conn)
+            .unwrap();
+    }
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("stubborn"));
+    let fatal = submit(b.as_ref(), "misbehave.fatal", json!(["no"])).await;
+    let flaky = submit(b.as_ref(), "misbehave.flaky", json!([5])).await;
+    let ok: Vec<String> = {
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(submit(b.as_ref(), "math.add", json!([i, 1])).await);
+        }
+        ids
+    };
+    for id in [&fatal, &flaky] {
+        let r = wait(b.as_ref(), id, 30).await;
+        let e = r.error.unwrap();
+        assert_eq!(
+            (r.state, e.kind.as_str()),
+            (TaskState::Failure, "storage"),
+            "{id}"
+        );
+        assert!(
+            e.message.starts_with("could not store result: WRONGTYPE"),
+            "{}",
+            e.message
+        );
+    }
+    for (i, id) in ok.iter().enumerate() {
+        assert_eq!(wait(b.as_ref(), id, 30).await.result, Some(json!(i + 1)));
+    }
+    // Nothing left held: every completion ended one way or another.
+    let (held, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(format!("{}queue:{{default}}", p.0))
+        .arg("workers")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(held, 0);
+    worker.stop().await;
+}

@@ -40,6 +40,18 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// A short cause for records and logs: a Redis error as Redis put it
+    /// (`WRONGTYPE …`, `OOM …`), anything else as displayed.
+    pub fn cause(&self) -> String {
+        match self {
+            BrokerError::Redis(e) => match (e.code(), e.detail()) {
+                (Some(code), Some(detail)) => format!("{code} {detail}"),
+                _ => e.to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+
     /// Whether trying the same thing again later can succeed: the
     /// connection dropped or timed out, or Redis is loading, busy, out of
     /// memory or failing over. Anything else (a value too large, a wrong

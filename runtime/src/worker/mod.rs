@@ -751,11 +751,11 @@ impl Worker {
                                 self.release(&p.c);
                             }
                             Err(e) if e.is_transient() => {
-                                transient = Some(clip(&e.to_string(), 200));
+                                transient = Some(clip(&e.cause(), 200));
                                 p.attempts += 1;
                                 retry.push(p);
                             }
-                            Err(e) => retry.extend(self.fallback(p, &e.to_string())),
+                            Err(e) => retry.extend(self.fallback(p, &e.cause())),
                         }
                     }
                     for p in retry.into_iter().rev() {
@@ -779,7 +779,7 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     let wait = reconnect_delay(failures);
-                    let why = clip(&e.to_string(), 200);
+                    let why = clip(&e.cause(), 200);
                     self.store.failed(&why);
                     // Redis answers, yet this batch fails: the batch is at
                     // fault, not the connection.
