@@ -12,9 +12,7 @@ use celeriac::broker::{Broker, MessageLimits, Outgoing};
 use celeriac::client::{self, ClientError, SubmitOptions, TaskRequest};
 use celeriac::results::{ResultRecord, TaskState};
 use celeriac::sandbox::Limits;
-use common::{
-    Prefix, PrivateRedis, Publisher, RunningWorker, WorkerProcess, celeriac, quick_config,
-};
+use common::{PrivateRedis, Publisher, RunningWorker, WorkerProcess, celeriac, quick_config};
 use serde_json::{Value, json};
 
 fn req(task: &str, args: Value) -> TaskRequest {
@@ -70,10 +68,7 @@ fn message(id: &str, task: &str, digest: &str, args: Value) -> Value {
 /// dead-letter queue) does not wedge either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_results_and_failures_fail_alone() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let (_p, b, publisher) = common::fixture(&["math", "misbehave"]).await;
     let mut config = quick_config("first");
     config.limits.memory = 512 << 20;
     let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config.clone());
@@ -126,10 +121,7 @@ async fn oversized_results_and_failures_fail_alone() {
 /// dead-letters a raw message carrying it as `invalid message: …`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_numbers_are_validated_everywhere() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let (p, b, publisher) = common::fixture(&["math"]).await;
 
     // Client library.
     let options = SubmitOptions {
@@ -236,10 +228,7 @@ async fn producer_numbers_are_validated_everywhere() {
 /// fuel or time runs under the worker's, and the record says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_limits_are_ceilings() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let (_p, b, publisher) = common::fixture(&["misbehave"]).await;
     let mut config = quick_config("strict");
     config.limits = Limits {
         timeout: Duration::from_secs(2),
@@ -426,10 +415,7 @@ async fn outages_longer_than_the_visibility_timeout_run_nothing_twice() {
 /// them ahead of its backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_run_ahead_of_a_backlog() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let (p, b, publisher) = common::fixture(&["misbehave"]).await;
     let cache = tempfile::tempdir().unwrap();
     let url = common::redis_url();
     let orphans = client::submit_many(
@@ -499,10 +485,7 @@ async fn orphans_run_ahead_of_a_backlog() {
 /// consumers of dead workers are removed once they hold nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_takes_nothing_over_and_consumers_are_removed() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let (p, b, publisher) = common::fixture(&["misbehave"]).await;
     let cache = tempfile::tempdir().unwrap();
     let url = common::redis_url();
     let vt = ["--visibility-timeout", "3s"];
@@ -791,10 +774,7 @@ async fn a_worker_that_cannot_store_results_stands_down() {
 /// later tasks are stored as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_redis_refuses_fail_only_their_completion() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let (p, b, publisher) = common::fixture(&["math", "misbehave"]).await;
     let mut conn = redis::Client::open(common::redis_url())
         .unwrap()
         .get_connection()

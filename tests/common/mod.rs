@@ -147,6 +147,16 @@ impl Publisher {
     }
 }
 
+/// A private prefix, a broker on it, and a publisher whose signed example
+/// components (`modules`) are uploaded there: how most queue tests begin.
+pub async fn fixture(modules: &[&str]) -> (Prefix, Arc<dyn Broker>, Publisher) {
+    let prefix = Prefix::new();
+    let broker = prefix.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(broker.as_ref(), modules).await;
+    (prefix, broker, publisher)
+}
+
 /// Fetch up to `n` messages of any size.
 pub fn fetch_limits(n: usize) -> celeriac::broker::FetchLimits {
     celeriac::broker::FetchLimits {
@@ -384,19 +394,39 @@ impl PrivateRedis {
     }
 
     pub fn on(port: u16, dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(port, dir, &args)
+    }
+
+    /// TLS only (no plain port), clients not asked for certificates.
+    pub fn on_tls(port: u16, cert: &str, key: &str, ca: &str) -> Self {
         let port_s = port.to_string();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port_s,
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ];
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self::spawn(port, tempfile::tempdir().unwrap(), &args)
+    }
+
+    /// redis-server on 127.0.0.1 with no persistence unless `args` asks
+    /// for it (later arguments win), its data in `dir`; returns once
+    /// `port` accepts connections.
+    fn spawn(port: u16, dir: tempfile::TempDir, args: &[String]) -> Self {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port_s,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -406,51 +436,6 @@ impl PrivateRedis {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    /// TLS only (no plain port), clients not asked for certificates.
-    pub fn on_tls(port: u16, cert: &str, key: &str, ca: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                cert,
-                "--tls-key-file",
-                key,
-                "--tls-ca-cert-file",
-                ca,
-            ])
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for this test (tests/run.sh installs it)");
-        let server = Self { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server (TLS) did not start"
-            );
             std::thread::sleep(Duration::from_millis(20));
         }
         server

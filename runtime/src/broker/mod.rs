@@ -268,6 +268,9 @@ pub struct Completion {
     pub payload: Arc<str>,
     pub result: Option<ResultWrite>,
     pub disposition: Disposition,
+    /// The caller confirmed its lease so recently that no other consumer
+    /// can have taken the message over: the broker may skip checking.
+    pub lease_fresh: bool,
 }
 
 impl Completion {

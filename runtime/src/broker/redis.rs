@@ -392,6 +392,115 @@ impl RedisBroker {
         }
     }
 
+    /// Acks in one MULTI: result, announcement, ack, delete. Per-command
+    /// errors are mapped back to their completion.
+    async fn complete_fresh<'a>(
+        &self,
+        batch: impl Iterator<Item = &'a Completion>,
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("MULTI");
+        let mut spans = Vec::new();
+        for c in batch {
+            let stream = self.stream(&c.queue);
+            let mut n = 2;
+            if let Some(r) = &c.result {
+                let key = self.result_key(&r.task_id);
+                pipe.set_ex(&key, &r.json, r.ttl.as_secs().max(1));
+                pipe.publish(&key, &r.json);
+                n += 2;
+            }
+            pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&c.delivery_id);
+            pipe.cmd("XDEL").arg(&stream).arg(&c.delivery_id);
+            spans.push(n);
+        }
+        pipe.cmd("EXEC");
+        let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut self.conn()).await?;
+        let exec = replies.pop().unwrap_or(Ok(Value::Nil));
+        let items = match exec {
+            Ok(Value::Array(items)) => items,
+            // Aborted: a command was refused while queueing (e.g. OOM);
+            // that is the cause, for the whole round trip.
+            other => {
+                return Err(replies
+                    .into_iter()
+                    .find_map(Result::err)
+                    .or_else(|| other.err())
+                    .map(BrokerError::from)
+                    .unwrap_or_else(|| BrokerError::Corrupt("EXEC answered nothing".into())));
+            }
+        };
+        let mut items = items.into_iter();
+        Ok(spans
+            .into_iter()
+            .map(|n| {
+                let mut result = Ok(Completed::Done);
+                for v in items.by_ref().take(n) {
+                    if let Value::ServerError(e) = v
+                        && result.is_ok()
+                    {
+                        result = Err(BrokerError::Redis(e.into()));
+                    }
+                }
+                result
+            })
+            .collect())
+    }
+
+    /// Completions through [`COMPLETE_LUA`], which checks each is still
+    /// held by `consumer`. One script call for the batch: a call per
+    /// completion cost a sixth of the worker's throughput (bench/queue).
+    async fn complete_checked(
+        &self,
+        consumer: &str,
+        batch: Vec<&Completion>,
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
+        let parts: Vec<CompletionArgs> = batch.iter().map(|c| self.completion(c)).collect();
+        let keys: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.keys.iter().map(String::as_str))
+            .collect();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.complete.get_hash()).arg(keys.len()).arg(&keys);
+        cmd.arg(GROUP).arg(consumer).arg(now_ms()).arg(DLQ_CAP);
+        for p in &parts {
+            cmd.arg(p.id)
+                .arg(p.mode)
+                .arg(p.json)
+                .arg(p.ttl)
+                .arg(p.payload)
+                .arg(p.due)
+                .arg(p.reason);
+        }
+        let reply = self
+            .eval_many(&self.complete, &[cmd])
+            .await?
+            .pop()
+            .unwrap_or(Ok(Value::Nil))?;
+        let Value::Array(items) = reply else {
+            return Err(BrokerError::Corrupt(format!(
+                "completion script answered {reply:?}"
+            )));
+        };
+        if items.len() != batch.len() {
+            return Err(BrokerError::Corrupt(format!(
+                "completion script answered {} of {} completions",
+                items.len(),
+                batch.len()
+            )));
+        }
+        Ok(items
+            .into_iter()
+            .map(|v| match v {
+                Value::Int(1) => Ok(Completed::Done),
+                Value::Int(2) => Ok(Completed::Gone),
+                Value::ServerError(e) => Err(BrokerError::Redis(e.into())),
+                _ => Ok(Completed::TakenOver),
+            })
+            .collect())
+    }
+
     /// The keys and arguments of one completion (see [`COMPLETE_LUA`]).
     fn completion<'a>(&self, c: &'a Completion) -> CompletionArgs<'a> {
         let stream = self.stream(&c.queue);
@@ -897,53 +1006,33 @@ impl Broker for RedisBroker {
         consumer: &str,
         batch: &[Completion],
     ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
+        // Acks whose lease the worker confirmed recently need no ownership
+        // check: a plain MULTI, as cheap as it gets. The rest go through the
+        // script, which checks.
+        let (fresh, checked): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
+            batch[i].lease_fresh && matches!(batch[i].disposition, Disposition::Ack)
+        });
+        let mut out: Vec<Option<Result<Completed, BrokerError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        if !fresh.is_empty() {
+            let done = self
+                .complete_fresh(fresh.iter().map(|&i| &batch[i]))
+                .await?;
+            for (i, r) in fresh.into_iter().zip(done) {
+                out[i] = Some(r);
+            }
         }
-        // One script call for the batch: a call per completion cost a
-        // sixth of the worker's throughput (bench/queue).
-        let parts: Vec<CompletionArgs> = batch.iter().map(|c| self.completion(c)).collect();
-        let keys: Vec<&str> = parts
-            .iter()
-            .flat_map(|p| p.keys.iter().map(String::as_str))
-            .collect();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.complete.get_hash()).arg(keys.len()).arg(&keys);
-        cmd.arg(GROUP).arg(consumer).arg(now_ms()).arg(DLQ_CAP);
-        for p in &parts {
-            cmd.arg(p.id)
-                .arg(p.mode)
-                .arg(p.json)
-                .arg(p.ttl)
-                .arg(p.payload)
-                .arg(p.due)
-                .arg(p.reason);
+        if !checked.is_empty() {
+            let done = self
+                .complete_checked(consumer, checked.iter().map(|&i| &batch[i]).collect())
+                .await?;
+            for (i, r) in checked.into_iter().zip(done) {
+                out[i] = Some(r);
+            }
         }
-        let reply = self
-            .eval_many(&self.complete, &[cmd])
-            .await?
-            .pop()
-            .unwrap_or(Ok(Value::Nil))?;
-        let Value::Array(items) = reply else {
-            return Err(BrokerError::Corrupt(format!(
-                "completion script answered {reply:?}"
-            )));
-        };
-        if items.len() != batch.len() {
-            return Err(BrokerError::Corrupt(format!(
-                "completion script answered {} of {} completions",
-                items.len(),
-                batch.len()
-            )));
-        }
-        Ok(items
+        Ok(out
             .into_iter()
-            .map(|v| match v {
-                Value::Int(1) => Ok(Completed::Done),
-                Value::Int(2) => Ok(Completed::Gone),
-                Value::ServerError(e) => Err(BrokerError::Redis(e.into())),
-                _ => Ok(Completed::TakenOver),
-            })
+            .map(|r| r.unwrap_or(Ok(Completed::Done)))
             .collect())
     }
 

@@ -21,7 +21,7 @@ mod pacing;
 mod settle;
 mod slots;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -173,8 +173,9 @@ pub struct Worker {
     components: ComponentCache,
     config: WorkerConfig,
     rules: Rules,
-    /// (queue, delivery id) of every message this worker holds.
-    held: Mutex<HashSet<(String, String)>>,
+    /// (queue, delivery id) of every message this worker holds, with when
+    /// its lease was last confirmed (delivered, taken over or renewed).
+    held: Mutex<HashMap<(String, String), Instant>>,
     /// Bytes of the messages held.
     held_bytes: AtomicUsize,
     busy: AtomicU32,
@@ -202,7 +203,7 @@ impl Worker {
                 max_error_bytes: config.max_error_bytes,
             },
             config,
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
             held_bytes: AtomicUsize::new(0),
             busy: AtomicU32::new(0),
             processed: AtomicU64::new(0),
@@ -217,8 +218,20 @@ impl Worker {
         &self.config.id
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether no other worker can have taken `c`'s message over: its lease
+    /// was confirmed less than half a visibility timeout ago (a take-over
+    /// needs it unrenewed for a whole one), leaving the other half for the
+    /// write to reach Redis.
+    fn lease_fresh(&self, c: &Completion) -> bool {
+        self.problem().is_none()
+            && self
+                .held()
+                .get(&(c.queue.clone(), c.delivery_id.clone()))
+                .is_some_and(|t| t.elapsed() < self.config.visibility_timeout / 2)
     }
 
     /// Why this worker is standing down, if it is.
@@ -398,8 +411,10 @@ impl Worker {
         tokens: &Tokens,
         done: &mpsc::UnboundedSender<Completion>,
     ) {
+        // Taken-over messages are already in (with the time of the claim).
         self.held()
-            .insert((delivery.queue.clone(), delivery.id.clone()));
+            .entry((delivery.queue.clone(), delivery.id.clone()))
+            .or_insert_with(Instant::now);
         let bytes = delivery.payload.len();
         self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
         let (this, slots, done) = (self.clone(), slots.clone(), done.clone());
@@ -455,6 +470,7 @@ impl Worker {
                     .filter(|_| !ignore)
                     .map(|r| self.result_write(&r, ttl)),
                 disposition: verdict.disposition,
+                lease_fresh: false,
             }
         };
         if delivery.is_oversize() {
@@ -734,7 +750,13 @@ impl Worker {
                 bytes += w;
                 batch.extend(queue.pop_front());
             }
-            let completions: Vec<Completion> = batch.iter().map(|p| p.c.clone()).collect();
+            let completions: Vec<Completion> = batch
+                .iter()
+                .map(|p| Completion {
+                    lease_fresh: self.lease_fresh(&p.c),
+                    ..p.c.clone()
+                })
+                .collect();
             match self.broker.complete(&self.config.id, &completions).await {
                 Ok(outcomes) => {
                     let mut retry = Vec::new();
@@ -781,9 +803,14 @@ impl Worker {
                     let wait = reconnect_delay(failures);
                     let why = clip(&e.cause(), 200);
                     self.store.failed(&why);
-                    // Redis answers, yet this batch fails: the batch is at
-                    // fault, not the connection.
-                    let answers = self.broker.ping().await.is_ok();
+                    // The connection failed under this batch while Redis
+                    // answers otherwise: the batch is at fault (Redis drops
+                    // a client that sends a value over its limits). A reply
+                    // naming a condition of Redis's own (OOM, LOADING, …)
+                    // blames nothing in the batch.
+                    let server_condition =
+                        matches!(&e, BrokerError::Redis(r) if r.code().is_some());
+                    let answers = !server_condition && self.broker.ping().await.is_ok();
                     let mut batch = batch;
                     if answers {
                         for p in &mut batch {
@@ -873,18 +900,24 @@ impl Worker {
             if let Some(problem) = self.problem() {
                 tracing::warn!(%problem, "not renewing leases: other workers take over");
             } else {
-                let held: Vec<(String, String)> = self.held().iter().cloned().collect();
+                let held: Vec<(String, String)> = self.held().keys().cloned().collect();
                 if !held.is_empty() {
+                    let round = Instant::now();
                     match tokio::time::timeout(period, self.broker.renew(&self.config.id, &held))
                         .await
                     {
                         Ok(Ok(lost)) => {
+                            let mut h = self.held();
                             if !lost.is_empty() {
                                 tracing::warn!(lost = lost.len(), "leases lost to other workers");
                                 metrics::leases_lost(lost.len());
-                                let mut h = self.held();
-                                for l in lost {
-                                    h.remove(&l);
+                                for l in &lost {
+                                    h.remove(l);
+                                }
+                            }
+                            for key in &held {
+                                if let Some(t) = h.get_mut(key) {
+                                    *t = (*t).max(round);
                                 }
                             }
                         }
@@ -944,13 +977,15 @@ impl Worker {
                         continue;
                     }
                     for (q, watched) in orphans.iter_mut() {
+                        let claimed_at = Instant::now();
                         let taken = tokio::time::timeout(call_limit, self.take_over(q, watched)).await;
                         match taken {
                             Ok(Ok(deliveries)) => {
                                 for d in deliveries {
                                     tracing::info!(queue = %q, delivery = %d.id, deliveries = d.deliveries, "took over a message from an unresponsive worker");
                                     // Held from now on, so it is renewed while it waits for a slot.
-                                    self.held().insert((d.queue.clone(), d.id.clone()));
+                                    self.held()
+                                        .insert((d.queue.clone(), d.id.clone()), claimed_at);
                                     let _ = reclaimed.send(d);
                                 }
                             }
@@ -1096,6 +1131,7 @@ fn requeue(d: &Delivery) -> Completion {
         payload: d.payload.clone(),
         result: None,
         disposition: Disposition::Requeue,
+        lease_fresh: false,
     }
 }
 
