@@ -41,6 +41,9 @@ use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
 
 const GROUP: &str = "workers";
+/// A fetch whose messages total at most this many bytes gets them back
+/// from the fetch script itself; a larger one reads them in a second step.
+const INLINE_BYTES: usize = 256 << 10;
 /// Messages per queue one blocking read may bring (see `fetch`).
 const BLOCKING_COUNT: usize = 2;
 /// Dead letters kept per queue (approximate trim, as Redis' `MAXLEN ~`).
@@ -67,11 +70,16 @@ return #due
 "#;
 
 /// Takes ready messages of one queue for a consumer within a count and a
-/// byte budget, without sending more than a prefix of an oversized one:
-/// it looks at the entries after the group's last-delivered id first
-/// (XRANGE), decides how many fit, then delivers exactly those
-/// (XREADGROUP), atomically. Returns a flat array of id, payload (or
-/// prefix), full size.
+/// byte budget, without anyone reading an oversized one: it looks at the
+/// entries after the group's last-delivered id first (XRANGE), decides how
+/// many fit, delivers exactly those (XREADGROUP), and moves oversized ones
+/// straight to the dead-letter queue, cut to a prefix, with the reason.
+/// Returns the last-delivered id before this call; how many delivered
+/// messages the caller is to read itself with a plain XREADGROUP from that
+/// id (when they are over ARGV[9] bytes together: passing large payloads
+/// back through Lua cost more than the rest of the fetch); how many were
+/// oversized, then id, prefix, size of each; then id, payload of each
+/// message returned inline.
 const FETCH_LUA: &str = r#"
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then return redis.error_reply('NOGROUP no stream ' .. KEYS[1]) end
@@ -86,27 +94,63 @@ for _, g in ipairs(groups) do
 end
 if not last then return redis.error_reply('NOGROUP no group on ' .. KEYS[1]) end
 local max, budget, limit, keep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local function size(n)
+  if n < 1024 then return n .. ' B' end
+  local units = {'KiB', 'MiB', 'GiB'}
+  local v, u = n / 1024, 1
+  while v >= 1024 and u < #units do v = v / 1024; u = u + 1 end
+  return string.format('%.1f %s', v, units[u])
+end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', max)
-local out, bytes, n = {}, 0, 0
+local bytes, n, big = 0, 0, {}
 for _, e in ipairs(entries) do
   local m = ''
   local f = e[2]
   for i = 1, #f, 2 do
     if f[i] == 'm' then m = f[i + 1] end
   end
-  local size = #m
-  local cost = size
-  if size > limit then cost = keep end
+  local cost = #m
+  if cost > limit then cost = keep end
   if n > 0 and bytes + cost > budget then break end
   bytes = bytes + cost
   n = n + 1
-  if size > limit then m = string.sub(m, 1, keep) end
-  out[#out + 1] = e[1]
-  out[#out + 1] = m
-  out[#out + 1] = size
+  if #m > limit then big[#big + 1] = {e[1], string.sub(m, 1, keep), #m} end
 end
-if n > 0 then
-  redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', n, 'STREAMS', KEYS[1], '>')
+if n == 0 then return {last, 0} end
+-- Deliver them as XREADGROUP would, without passing their payloads
+-- through Lua again: into this consumer's pending list (delivered once),
+-- and the group's cursor past them.
+local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 1, n do claim[#claim + 1] = entries[i][1] end
+for _, o in ipairs({'RETRYCOUNT', 1, 'FORCE', 'JUSTID'}) do claim[#claim + 1] = o end
+redis.call(unpack(claim))
+redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], entries[n][1])
+-- Small batches come back inline; large ones are read by the caller
+-- straight from the pending list, sparing Lua the copies.
+local inline = bytes <= tonumber(ARGV[9])
+local out = {last, 0, #big}
+if not inline then out[2] = n - #big end
+for _, b in ipairs(big) do
+  local reason = 'message too large: ' .. size(b[3]) .. ', limit ' .. size(limit)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'm', b[2], 'reason', reason, 'at', ARGV[7])
+  redis.call('XACK', KEYS[1], ARGV[1], b[1])
+  redis.call('XDEL', KEYS[1], b[1])
+  out[#out + 1] = b[1]
+  out[#out + 1] = b[2]
+  out[#out + 1] = b[3]
+end
+if inline then
+  for i = 1, n do
+    local e = entries[i]
+    local m = ''
+    for j = 1, #e[2], 2 do
+      if e[2][j] == 'm' then m = e[2][j + 1] end
+    end
+    if #m <= limit then
+      out[#out + 1] = e[1]
+      out[#out + 1] = m
+    end
+  end
 end
 return out
 "#;
@@ -483,38 +527,103 @@ impl RedisBroker {
     }
 
     /// Ready messages within `limits`, through [`FETCH_LUA`] (one call per
-    /// queue, pipelined), on the fetch connection.
+    /// queue, pipelined), then their payloads in one plain read per queue;
+    /// all on the fetch connection.
     async fn fetch_ready(
         &self,
         queues: &[String],
         consumer: &str,
         limits: FetchLimits,
     ) -> BrokerResult<Vec<Delivery>> {
+        let now = now_ms();
         let calls: Vec<redis::Cmd> = queues
             .iter()
             .map(|q| {
-                let mut c = evalsha(&self.fetch, &[self.stream(q)]);
+                let mut c = evalsha(&self.fetch, &[self.stream(q), self.dlq(q)]);
                 c.arg(GROUP)
                     .arg(consumer)
                     .arg(limits.max.max(1))
                     .arg(limits.max_bytes)
                     .arg(limits.max_message_bytes)
-                    .arg(OVERSIZE_PREFIX);
+                    .arg(OVERSIZE_PREFIX)
+                    .arg(now)
+                    .arg(DLQ_CAP)
+                    .arg(INLINE_BYTES);
                 c
             })
             .collect();
+        let mut conn = self.blocking.lock().await;
         let mut out = Vec::new();
+        let mut reads = Vec::new();
         let mut missing_group = false;
         for (q, reply) in queues
             .iter()
-            .zip(eval_on(&mut *self.blocking.lock().await, &self.fetch, &calls).await?)
+            .zip(eval_on(&mut conn, &self.fetch, &calls).await?)
         {
-            match reply {
-                Ok(v) => out.extend(fetched(q, v)),
-                Err(BrokerError::Redis(e)) if e.code() == Some("NOGROUP") => missing_group = true,
+            let items = match reply {
+                Ok(Value::Array(items)) => items,
+                Ok(_) => continue,
+                Err(BrokerError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                    missing_group = true;
+                    continue;
+                }
                 Err(e) => return Err(e),
+            };
+            let mut it = items.into_iter();
+            let (Some(last), Some(pending), Some(oversized)) = (
+                it.next().as_ref().and_then(as_string),
+                it.next().as_ref().and_then(as_u64),
+                it.next().as_ref().and_then(as_u64),
+            ) else {
+                continue;
+            };
+            // Oversized: already dead-lettered by the script; the worker
+            // still records the failure.
+            for _ in 0..oversized {
+                if let (Some(id), Some(prefix), Some(size)) = (
+                    it.next().as_ref().and_then(as_string),
+                    it.next().and_then(into_string),
+                    it.next().as_ref().and_then(as_u64),
+                ) {
+                    let mut d = Delivery::new(q, id, prefix, 1);
+                    d.size = usize::try_from(size).unwrap_or(usize::MAX).max(d.size + 1);
+                    out.push(d);
+                }
+            }
+            while let (Some(id), Some(payload)) = (it.next(), it.next()) {
+                if let (Some(id), Some(payload)) = (as_string(&id), into_string(payload)) {
+                    out.push(Delivery::new(q, id, payload, 1));
+                }
+            }
+            if pending > 0 {
+                reads.push((q, last, pending));
             }
         }
+        if !reads.is_empty() {
+            // This consumer's pending entries after `last` are exactly the
+            // ones the script just delivered.
+            let mut pipe = redis::pipe();
+            for (q, last, n) in &reads {
+                pipe.cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(GROUP)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(*n)
+                    .arg("STREAMS")
+                    .arg(self.stream(q))
+                    .arg(last);
+            }
+            let replies: Vec<Value> = pipe.query_async(&mut *conn).await?;
+            for ((q, _, _), reply) in reads.iter().zip(replies) {
+                for (_, entries) in stream_entries(reply) {
+                    for (id, payload) in entries {
+                        out.push(Delivery::new(q, id, payload.unwrap_or_default(), 1));
+                    }
+                }
+            }
+        }
+        drop(conn);
         if missing_group {
             // The group vanished: Redis restarted without persistence, or
             // the stream was deleted. Recreate it and read on.
@@ -643,26 +752,6 @@ fn evalsha(script: &Script, keys: &[String]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
-}
-
-/// The reply of [`FETCH_LUA`]: id, payload (or prefix), size, repeated.
-fn fetched(queue: &str, v: Value) -> Vec<Delivery> {
-    let Value::Array(items) = v else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut it = items.into_iter();
-    while let (Some(id), Some(payload), Some(size)) = (it.next(), it.next(), it.next()) {
-        let (Some(id), Some(payload), Some(size)) =
-            (as_string(&id), into_string(payload), as_u64(&size))
-        else {
-            continue;
-        };
-        let mut d = Delivery::new(queue, id, payload, 1);
-        d.size = usize::try_from(size).unwrap_or(usize::MAX).max(d.size);
-        out.push(d);
-    }
-    out
 }
 
 #[async_trait]
