@@ -822,3 +822,42 @@ async fn writes_redis_refuses_fail_only_their_completion() {
     assert_eq!(held, 0);
     worker.stop().await;
 }
+
+/// Long tasks spread over the workers: a worker holds no more than it can
+/// start until it has seen how long tasks take, and then only about 50 ms
+/// of work per slot (with a fixed prefetch of 64, one of three workers took
+/// 11 of 12 long tasks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tasks_spread_over_workers() {
+    let (_p, b, publisher) = common::fixture(&["misbehave"]).await;
+    let ids = client::submit_many(
+        b.as_ref(),
+        (0..12)
+            .map(|_| req("misbehave.sleep", json!([1500])))
+            .collect(),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    let workers: Vec<RunningWorker> = (0..3)
+        .map(|i| {
+            RunningWorker::start(
+                b.clone(),
+                publisher.trust.clone(),
+                quick_config(&format!("w{i}")),
+            )
+        })
+        .collect();
+    let mut per_worker = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        *per_worker
+            .entry(wait(b.as_ref(), id, 60).await.worker)
+            .or_default() += 1;
+    }
+    for w in workers {
+        w.stop().await;
+    }
+    // Two slots each: four apiece when shared fairly; never most of them.
+    assert!(per_worker.values().all(|&n| n <= 6), "{per_worker:?}");
+    assert_eq!(per_worker.len(), 3, "{per_worker:?}");
+}
