@@ -178,6 +178,9 @@ async fn producer_numbers_are_validated_everywhere() {
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
         // (clap adds a `--help` hint to usage errors: the cause is line one)
         assert!(err.starts_with("error: "), "{flags:?}: {err}");
+        // Each cause once, not repeated by the error's own source chain.
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.matches("out of range").count() <= 1, "{first}");
     }
     assert_eq!(b.queue_stats("default").await.unwrap().ready, 0);
 

@@ -116,12 +116,12 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if broker_unreachable(&e) => {
-            eprintln!("error: broker unreachable: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: broker unreachable: {}", error_line(&e));
             ExitCode::from(exit::UNREACHABLE)
         }
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::BROKEN_PIPE),
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", error_line(&e));
             ExitCode::from(exit::ERROR)
         }
     }
@@ -194,6 +194,24 @@ fn broker_unreachable(e: &anyhow::Error) -> bool {
     })
 }
 
+/// An error and its causes on one line, each cause once: errors that
+/// display their source too (redis', thiserror's `{0}` wrappers) would
+/// otherwise repeat it.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = one_line(&cause.to_string());
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Errors and causes are printed on one line so scripts can grep them.
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -223,6 +241,18 @@ mod tests {
         let e = anyhow::Error::from(io).context("writing the listing");
         assert!(is_broken_pipe(&e));
         assert!(!is_broken_pipe(&anyhow::anyhow!("nope")));
+    }
+
+    #[test]
+    fn error_lines_name_each_cause_once() {
+        let io = std::io::Error::other("Connection refused");
+        let e = anyhow::Error::new(io)
+            .context("redis: Connection refused")
+            .context("cannot reach the broker");
+        assert_eq!(
+            error_line(&e),
+            "cannot reach the broker: redis: Connection refused"
+        );
     }
 
     #[test]
