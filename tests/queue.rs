@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use celeriac::broker::{Broker, MemoryBroker, MessageLimits, Outgoing};
+use celeriac::broker::{Broker, Claim, MemoryBroker, MessageLimits, Outgoing};
 use celeriac::client::{self, SubmitOptions, TaskRequest};
 use celeriac::results::{ResultRecord, TaskState, now_ms};
 use common::{Prefix, Publisher, RunningWorker, fetch_limits, quick_config};
@@ -377,7 +377,11 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
                 .pending("default", "other", Duration::ZERO, 1)
                 .await
                 .unwrap();
-            let claims = vec![(pending[0].id.clone(), 0)];
+            let claims = vec![Claim {
+                id: pending[0].id.clone(),
+                min_idle_ms: 0,
+                deliveries: pending[0].deliveries,
+            }];
             let again = b
                 .claim("default", "crashed", &claims, 1 << 20)
                 .await

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
-    FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite, StoredComponent,
-    WorkerInfo, signature_slot,
+    Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
+    Disposition, FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite,
+    StoredComponent, WorkerInfo, signature_slot,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -288,22 +288,22 @@ impl Broker for MemoryBroker {
         &self,
         queue: &str,
         consumer: &str,
-        claims: &[(String, u64)],
+        claims: &[Claim],
         _max_message_bytes: usize,
     ) -> BrokerResult<Vec<Delivery>> {
         let mut s = self.lock();
         let q = s.queue(queue);
         let mut out = Vec::new();
-        for (id, min_idle) in claims {
-            if let Some(h) = q.held.get_mut(id)
-                && h.renewed.elapsed().as_millis() as u64 >= *min_idle
+        for c in claims {
+            if let Some(h) = q.held.get_mut(&c.id)
+                && h.renewed.elapsed().as_millis() as u64 >= c.min_idle_ms
             {
                 h.consumer = consumer.to_string();
                 h.renewed = Instant::now();
                 h.deliveries += 1;
                 out.push(Delivery {
                     queue: queue.to_string(),
-                    id: id.clone(),
+                    id: c.id.clone(),
                     payload: h.payload.clone(),
                     size: h.payload.len(),
                     deliveries: h.deliveries,

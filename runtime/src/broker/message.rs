@@ -74,6 +74,54 @@ pub mod bounds {
     pub const MAX_RETRIES: u32 = 10_000;
     /// Largest message the client sends and, by default, a worker reads.
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+    /// A result expiry in range, or why not.
+    pub fn check_result_ttl(secs: u64) -> Result<(), String> {
+        if secs == 0 || secs > MAX_RESULT_TTL_SECS {
+            return Err(format!(
+                "result_ttl {secs} s is out of range (1 s to 365 days)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MessageLimits {
+    /// Each limit in range and the soft one under the hard one, or why not.
+    /// Messages are checked with it, and so are the CLI's limit flags.
+    pub fn check(&self) -> Result<(), String> {
+        use bounds::{MAX_MEMORY, MAX_TIMEOUT_MS};
+        if let Some(t) = self.timeout_ms
+            && (t == 0 || t > MAX_TIMEOUT_MS)
+        {
+            return Err(format!("timeout {t} ms is out of range (1 ms to 7 days)"));
+        }
+        if let Some(s) = self.soft_timeout_ms {
+            if s == 0 || s > MAX_TIMEOUT_MS {
+                return Err(format!(
+                    "soft_timeout {s} ms is out of range (1 ms to 7 days)"
+                ));
+            }
+            if let Some(t) = self.timeout_ms
+                && s >= t
+            {
+                return Err(format!(
+                    "soft_timeout {s} ms must be shorter than timeout {t} ms"
+                ));
+            }
+        }
+        if self.fuel == Some(0) {
+            return Err("fuel must be at least 1".into());
+        }
+        if let Some(m) = self.memory
+            && (m == 0 || m > MAX_MEMORY)
+        {
+            return Err(format!(
+                "memory {m} bytes is out of range (1 byte to 1 TiB)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A message that cannot be run, and why (goes to the dead-letter queue).
@@ -116,12 +164,8 @@ impl TaskMessage {
         use bounds::*;
         let invalid = |s: String| Err(MessageError::Invalid(s));
         let horizon = now_ms.saturating_add(MAX_HORIZON_MS);
-        if let Some(ttl) = self.result_ttl
-            && (ttl == 0 || ttl > MAX_RESULT_TTL_SECS)
-        {
-            return invalid(format!(
-                "result_ttl {ttl} s is out of range (1 s to 365 days)"
-            ));
+        if let Some(ttl) = self.result_ttl {
+            check_result_ttl(ttl).map_err(MessageError::Invalid)?;
         }
         if let Some(eta) = self.eta
             && eta > horizon
@@ -133,36 +177,7 @@ impl TaskMessage {
         {
             return invalid(format!("expires {expires} is more than 365 days ahead"));
         }
-        let l = &self.limits;
-        if let Some(t) = l.timeout_ms
-            && (t == 0 || t > MAX_TIMEOUT_MS)
-        {
-            return invalid(format!("timeout {t} ms is out of range (1 ms to 7 days)"));
-        }
-        if let Some(s) = l.soft_timeout_ms {
-            if s == 0 || s > MAX_TIMEOUT_MS {
-                return invalid(format!(
-                    "soft_timeout {s} ms is out of range (1 ms to 7 days)"
-                ));
-            }
-            if let Some(t) = l.timeout_ms
-                && s >= t
-            {
-                return invalid(format!(
-                    "soft_timeout {s} ms must be shorter than timeout {t} ms"
-                ));
-            }
-        }
-        if l.fuel == Some(0) {
-            return invalid("fuel must be at least 1".into());
-        }
-        if let Some(m) = l.memory
-            && (m == 0 || m > MAX_MEMORY)
-        {
-            return invalid(format!(
-                "memory {m} bytes is out of range (1 byte to 1 TiB)"
-            ));
-        }
+        self.limits.check().map_err(MessageError::Invalid)?;
         if self.max_retries > MAX_RETRIES {
             return invalid(format!(
                 "max_retries {} is over the maximum of {MAX_RETRIES}",

@@ -218,6 +218,16 @@ pub struct Pending {
     pub deliveries: u64,
 }
 
+/// A message to take over: only if it is still idle for at least
+/// `min_idle_ms` (its holder did not renew it since), having been delivered
+/// `deliveries` times so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub id: String,
+    pub min_idle_ms: u64,
+    pub deliveries: u64,
+}
+
 /// What became of one completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completed {
@@ -393,14 +403,14 @@ pub trait Broker: Send + Sync + 'static {
         min_idle: Duration,
         max: usize,
     ) -> BrokerResult<Vec<Pending>>;
-    /// Take over messages by id, each only if it is still idle for at least
-    /// its given milliseconds (so a holder that renewed keeps it). Returns
-    /// what was taken, payloads bounded by `max_message_bytes`.
+    /// Take over messages, each only if it is still idle for its
+    /// `min_idle_ms` (so a holder that renewed keeps it). Returns what was
+    /// taken, payloads bounded by `max_message_bytes`.
     async fn claim(
         &self,
         queue: &str,
         consumer: &str,
-        claims: &[(String, u64)],
+        claims: &[Claim],
         max_message_bytes: usize,
     ) -> BrokerResult<Vec<Delivery>>;
     /// Finish deliveries: write results, then ack / retry / dead-letter /

@@ -33,9 +33,9 @@ use tokio::sync::Mutex;
 
 use super::results_pubsub::ResultChannels;
 use super::{
-    Broker, BrokerError, BrokerResult, Completed, Completion, DeadLetter, Delivery, Disposition,
-    FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats, ResultWrite,
-    WorkerInfo, redact, signature_slot,
+    Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
+    Disposition, FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats,
+    ResultWrite, WorkerInfo, redact, signature_slot,
 };
 use crate::results::{now_ms, state_of};
 use crate::signing::Digest;
@@ -102,7 +102,7 @@ local function size(n)
   return string.format('%.1f %s', v, units[u])
 end
 local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', max)
-local bytes, n, big = 0, 0, {}
+local bytes, n, big, payloads = 0, 0, {}, {}
 for _, e in ipairs(entries) do
   local m = ''
   local f = e[2]
@@ -114,6 +114,7 @@ for _, e in ipairs(entries) do
   if n > 0 and bytes + cost > budget then break end
   bytes = bytes + cost
   n = n + 1
+  payloads[n] = m
   if #m > limit then big[#big + 1] = {e[1], string.sub(m, 1, keep), #m} end
 end
 if n == 0 then return {last, 0} end
@@ -141,14 +142,9 @@ for _, b in ipairs(big) do
 end
 if inline then
   for i = 1, n do
-    local e = entries[i]
-    local m = ''
-    for j = 1, #e[2], 2 do
-      if e[2][j] == 'm' then m = e[2][j + 1] end
-    end
-    if #m <= limit then
-      out[#out + 1] = e[1]
-      out[#out + 1] = m
+    if #payloads[i] <= limit then
+      out[#out + 1] = entries[i][1]
+      out[#out + 1] = payloads[i]
     end
   end
 end
@@ -486,8 +482,7 @@ impl RedisBroker {
             .iter()
             .flat_map(|p| p.keys.iter().map(String::as_str))
             .collect();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.complete.get_hash()).arg(keys.len()).arg(&keys);
+        let mut cmd = evalsha(&self.complete, &keys);
         cmd.arg(GROUP).arg(consumer).arg(now_ms()).arg(DLQ_CAP);
         for p in &parts {
             cmd.arg(p.id)
@@ -669,36 +664,6 @@ impl RedisBroker {
             reason,
         }
     }
-
-    /// Delivery counts of pending entries between two ids.
-    async fn pending_range(
-        &self,
-        stream: &str,
-        first: &str,
-        last: &str,
-        max: usize,
-    ) -> BrokerResult<HashMap<String, u64>> {
-        let reply: Value = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(first)
-            .arg(last)
-            .arg(max.max(1))
-            .query_async(&mut self.conn())
-            .await?;
-        let mut out = HashMap::new();
-        if let Value::Array(rows) = reply {
-            for row in rows {
-                if let Value::Array(f) = row
-                    && let (Some(id), Some(n)) =
-                        (f.first().and_then(as_string), f.get(3).and_then(as_u64))
-                {
-                    out.insert(id, n);
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// [`RedisBroker::eval_many`] on a given connection.
@@ -748,7 +713,7 @@ struct CompletionArgs<'a> {
 }
 
 /// EVALSHA of `script` over `keys`; the caller adds the arguments.
-fn evalsha(script: &Script, keys: &[String]) -> redis::Cmd {
+fn evalsha<K: redis::ToRedisArgs>(script: &Script, keys: &[K]) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len()).arg(keys);
     cmd
@@ -1076,7 +1041,7 @@ impl Broker for RedisBroker {
         &self,
         queue: &str,
         consumer: &str,
-        claims: &[(String, u64)],
+        claims: &[Claim],
         max_message_bytes: usize,
     ) -> BrokerResult<Vec<Delivery>> {
         if claims.is_empty() {
@@ -1087,24 +1052,28 @@ impl Broker for RedisBroker {
         // succeeds only if nobody renewed the lease since it was judged
         // abandoned.
         let mut pipe = redis::pipe();
-        for (id, min_idle) in claims {
+        for c in claims {
             pipe.cmd("XCLAIM")
                 .arg(&stream)
                 .arg(GROUP)
                 .arg(consumer)
-                .arg(*min_idle)
-                .arg(id);
+                .arg(c.min_idle_ms)
+                .arg(&c.id);
         }
         let replies: Vec<Value> = pipe.query_async(&mut self.conn()).await?;
         let mut out = Vec::new();
         let mut ghosts = Vec::new();
-        for reply in replies {
+        for (claim, reply) in claims.iter().zip(replies) {
             for (id, payload) in entries_of(reply) {
                 match payload {
-                    // The delivery count is read again from the pending list.
-                    Some(payload) => {
-                        out.push(Delivery::bounded(queue, id, payload, 0, max_message_bytes))
-                    }
+                    // Claimed, so delivered once more than when it was seen.
+                    Some(payload) => out.push(Delivery::bounded(
+                        queue,
+                        id,
+                        payload,
+                        claim.deliveries + 1,
+                        max_message_bytes,
+                    )),
                     None => ghosts.push(id),
                 }
             }
@@ -1117,14 +1086,6 @@ impl Broker for RedisBroker {
                 .arg(ghosts)
                 .query_async(&mut self.conn())
                 .await?;
-        }
-        if !out.is_empty() {
-            let first = out.iter().map(|d| d.id.as_str()).min().unwrap_or("-");
-            let last = out.iter().map(|d| d.id.as_str()).max().unwrap_or("+");
-            let counts = self.pending_range(&stream, first, last, out.len()).await?;
-            for d in &mut out {
-                d.deliveries = counts.get(&d.id).copied().unwrap_or(1);
-            }
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use std::time::Duration;
 
-use crate::broker::{self, Broker};
+use crate::broker::{self, Broker, MessageLimits};
 use crate::results::{ResultRecord, TaskState};
 use crate::sandbox::Limits;
 use crate::units::{parse_duration, parse_size};
@@ -31,21 +31,15 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
-        use crate::broker::message::bounds::{MAX_MEMORY, MAX_TIMEOUT_MS};
-        if self.timeout.is_zero() || self.timeout > Duration::from_millis(MAX_TIMEOUT_MS) {
-            anyhow::bail!("--timeout must be between 1ms and 7 days");
+        // The bounds every message is held to.
+        MessageLimits {
+            timeout_ms: Some(millis(self.timeout)),
+            soft_timeout_ms: self.soft_timeout.map(millis),
+            fuel: Some(self.fuel),
+            memory: Some(self.memory),
         }
-        if let Some(soft) = self.soft_timeout
-            && soft >= self.timeout
-        {
-            anyhow::bail!("--soft-timeout must be shorter than --timeout");
-        }
-        if self.fuel == 0 {
-            anyhow::bail!("--fuel must be at least 1");
-        }
-        if self.memory == 0 || self.memory > MAX_MEMORY {
-            anyhow::bail!("--memory must be between 1 byte and 1 TiB");
-        }
+        .check()
+        .map_err(anyhow::Error::msg)?;
         Ok(Limits {
             timeout: self.timeout,
             soft_timeout: self.soft_timeout,
@@ -53,6 +47,12 @@ impl LimitArgs {
             memory: self.memory,
         })
     }
+}
+
+/// A duration in whole milliseconds, saturating (an absurd flag value then
+/// fails the range checks instead of wrapping around).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(clap::Args, Clone, Debug)]

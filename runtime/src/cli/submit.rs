@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use super::common::{BrokerArgs, parse_call_json, print_outcome};
+use super::common::{BrokerArgs, millis, parse_call_json, print_outcome};
 use super::{exit, runtime};
 use crate::broker::MessageLimits;
 use crate::client::{SubmitOptions, TaskRequest, submit, submit_and_wait_with};
@@ -69,10 +69,6 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 fn from_now(now: SystemTime, d: Duration, flag: &str) -> anyhow::Result<SystemTime> {
     now.checked_add(d)
         .ok_or_else(|| anyhow::anyhow!("{flag} is out of range: more than 365 days ahead"))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -82,10 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for q in &args.queues {
         validate_queue(q)?;
     }
-    let max_ttl = Duration::from_secs(crate::broker::message::bounds::MAX_RESULT_TTL_SECS);
-    if args.result_ttl.is_zero() || args.result_ttl > max_ttl {
-        anyhow::bail!("--result-ttl must be between 1s and 365 days");
+    if args.result_ttl.is_zero() {
+        anyhow::bail!("--result-ttl must be at least 1s");
     }
+    crate::broker::message::bounds::check_result_ttl(args.result_ttl.as_secs().max(1))
+        .map_err(anyhow::Error::msg)?;
     if args.visibility_timeout < Duration::from_secs(1) {
         anyhow::bail!("--visibility-timeout must be at least 1s");
     }

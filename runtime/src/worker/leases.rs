@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::broker::Pending;
+use crate::broker::{Claim, Pending};
 
 /// How long a lease is watched, and how.
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +74,15 @@ impl Orphans {
         self.last_poll = None;
     }
 
+    /// Idle time from which the pending list is worth a look.
+    pub fn suspect_after(&self) -> Duration {
+        self.watch.suspect_after()
+    }
+
     /// The pending list (entries idle at least [`Watch::suspect_after`])
     /// as polled at `now`. Returns the messages to claim, each with the
-    /// idle time, in milliseconds, it must still have.
-    pub fn observe(&mut self, now: Instant, pending: &[Pending]) -> Vec<(String, u64)> {
+    /// idle time it must still have.
+    pub fn observe(&mut self, now: Instant, pending: &[Pending]) -> Vec<Claim> {
         let continuous = self
             .last_poll
             .is_some_and(|t| now.saturating_duration_since(t) <= self.watch.max_gap);
@@ -108,7 +113,11 @@ impl Orphans {
                 // Renewed or moved since: watch it afresh.
                 still.insert(p.id.clone(), fresh);
             } else if watched >= self.watch.window && p.idle_ms >= vt_ms {
-                claims.push((p.id.clone(), expected.saturating_sub(slack_ms).max(vt_ms)));
+                claims.push(Claim {
+                    id: p.id.clone(),
+                    min_idle_ms: expected.saturating_sub(slack_ms).max(vt_ms),
+                    deliveries: p.deliveries,
+                });
             } else {
                 still.insert(p.id.clone(), first);
             }
@@ -146,9 +155,10 @@ mod tests {
         // ...but is claimed only once we saw it unrenewed for 5 s ourselves.
         let claims = o.observe(s(5_000), &[p("1", "a", 65_000)]);
         assert_eq!(claims.len(), 1);
-        assert_eq!(claims[0].0, "1");
+        assert_eq!((claims[0].id.as_str(), claims[0].deliveries), ("1", 1));
         // The claim demands (about) the idle time it must still have now.
-        assert!(claims[0].1 >= 64_000 && claims[0].1 <= 65_000, "{claims:?}");
+        let min = claims[0].min_idle_ms;
+        assert!((64_000..=65_000).contains(&min), "{claims:?}");
     }
 
     #[test]

@@ -739,29 +739,44 @@ impl Worker {
 
             // After repeated failures, one at a time: finds the one at fault.
             let single = queue.front().is_some_and(|p| p.attempts >= 2);
-            let mut batch = Vec::new();
+            // The batch as the broker takes it, and what the finisher
+            // knows of each (split so nothing is copied per round trip).
+            let mut completions = Vec::new();
+            let mut tries = Vec::new();
             let mut bytes = 0;
             while let Some(p) = queue.front() {
                 let w = p.c.weight();
-                if !batch.is_empty() && (single || batch.len() >= BATCH || bytes + w > BATCH_BYTES)
+                if !completions.is_empty()
+                    && (single || completions.len() >= BATCH || bytes + w > BATCH_BYTES)
                 {
                     break;
                 }
                 bytes += w;
-                batch.extend(queue.pop_front());
+                if let Some(Pending {
+                    mut c,
+                    attempts,
+                    fallback,
+                }) = queue.pop_front()
+                {
+                    c.lease_fresh = self.lease_fresh(&c);
+                    completions.push(c);
+                    tries.push((attempts, fallback));
+                }
             }
-            let completions: Vec<Completion> = batch
-                .iter()
-                .map(|p| Completion {
-                    lease_fresh: self.lease_fresh(&p.c),
-                    ..p.c.clone()
-                })
-                .collect();
-            match self.broker.complete(&self.config.id, &completions).await {
+            let outcome = self.broker.complete(&self.config.id, &completions).await;
+            let batch = completions
+                .into_iter()
+                .zip(tries)
+                .map(|(c, (attempts, fallback))| Pending {
+                    c,
+                    attempts,
+                    fallback,
+                });
+            match outcome {
                 Ok(outcomes) => {
                     let mut retry = Vec::new();
                     let mut transient = None;
-                    for (mut p, outcome) in batch.into_iter().zip(outcomes) {
+                    for (mut p, outcome) in batch.zip(outcomes) {
                         match outcome {
                             Ok(done) => {
                                 if done == Completed::TakenOver {
@@ -811,7 +826,7 @@ impl Worker {
                     let server_condition =
                         matches!(&e, BrokerError::Redis(r) if r.code().is_some());
                     let answers = !server_condition && self.broker.ping().await.is_ok();
-                    let mut batch = batch;
+                    let mut batch: Vec<Pending> = batch.collect();
                     if answers {
                         for p in &mut batch {
                             p.attempts += 1;
@@ -1048,12 +1063,7 @@ impl Worker {
         let limit = (self.config.concurrency + self.config.prefetch).max(1) as usize;
         let suspect = self
             .broker
-            .pending(
-                queue,
-                &self.config.id,
-                Watch::for_timeout(self.config.visibility_timeout).suspect_after(),
-                limit,
-            )
+            .pending(queue, &self.config.id, watched.suspect_after(), limit)
             .await?;
         let claims = watched.observe(Instant::now(), &suspect);
         if claims.is_empty() {
