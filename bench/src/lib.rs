@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use celeriac::broker::Broker;
+use celeriac_broker::Broker;
 use redis::Commands as _;
 
 /// Build the example task components (release, wasm32-wasip2) and return

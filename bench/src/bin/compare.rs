@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use celeriac::broker::{self, Broker};
-use celeriac::client::{self, SubmitOptions, TaskRequest};
-use celeriac::registry::UploadOptions;
-use celeriac::results::TaskState;
-use celeriac::sandbox::{Sandbox, SandboxConfig};
-use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
 use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
+use celeriac_broker::registry::UploadOptions;
+use celeriac_broker::{self as broker, Broker};
+use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use celeriac_protocol::record::TaskState;
+use celeriac_sandbox::{Sandbox, SandboxConfig};
+use celeriac_signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -259,7 +259,7 @@ async fn run_all(
     ] {
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
         let sig = sign_component(&bytes, &key, module)?;
-        celeriac::registry::upload(
+        celeriac_broker::registry::upload(
             broker.as_ref(),
             &bytes,
             &sig,

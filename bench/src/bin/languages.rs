@@ -10,8 +10,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use celeriac::sandbox::{Limits, Origin, Sandbox, SandboxConfig, TaskCall};
 use celeriac_bench::{Stats, fmt};
+use celeriac_sandbox::{Limits, Origin, Sandbox, SandboxConfig, TaskCall};
 
 const WARM_ITERATIONS: usize = 2_000;
 const LOAD_ROUNDS: usize = 3;

@@ -10,14 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use celeriac::broker;
-use celeriac::client::{self, SubmitOptions, TaskRequest};
-use celeriac::registry::UploadOptions;
-use celeriac::results::TaskState;
-use celeriac::sandbox::{Sandbox, SandboxConfig};
-use celeriac::signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
-use celeriac::worker::{Worker, WorkerConfig};
 use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
+use celeriac_broker as broker;
+use celeriac_broker::registry::UploadOptions;
+use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use celeriac_protocol::record::TaskState;
+use celeriac_sandbox::{Sandbox, SandboxConfig};
+use celeriac_signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
+use celeriac_worker::{Worker, WorkerConfig};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +54,7 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
     })?);
     // Upload checks the component as the worker will load it.
     let check = |b: &[u8]| sandbox.load(b).map(|_| ()).map_err(|e| e.to_string());
-    celeriac::registry::upload(
+    celeriac_broker::registry::upload(
         broker.as_ref(),
         &math,
         &sig,

@@ -9,8 +9,8 @@
 
 use std::time::Instant;
 
-use celeriac::sandbox::{Limits, Origin, Sandbox, SandboxConfig, TaskCall};
 use celeriac_bench::{Stats, build_examples, fmt};
+use celeriac_sandbox::{Limits, Origin, Sandbox, SandboxConfig, TaskCall};
 
 const WARM_ITERATIONS: usize = 20_000;
 const LOAD_ROUNDS: usize = 5;

@@ -1,0 +1,510 @@
+//! In-process broker (`memory://`): the same semantics as Redis for one
+//! process, with nothing to install. Used by `celeriac demo` and embedders.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{
+    Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
+    Disposition, FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite,
+    StoredComponent, WorkerInfo, signature_slot,
+};
+use celeriac_protocol::Digest;
+use celeriac_protocol::{now_ms, record::state_of};
+
+/// Dead letters kept per queue, oldest dropped first (as Redis' MAXLEN).
+const DLQ_CAP: usize = 100_000;
+
+#[derive(Default)]
+pub struct MemoryBroker {
+    state: Mutex<State>,
+    /// Signalled when messages become ready.
+    ready: Notify,
+    /// Signalled when a result is written.
+    results: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    components: HashMap<Digest, StoredComponent>,
+    modules: BTreeMap<String, ModuleInfo>,
+    queues: BTreeMap<String, Queue>,
+    results: HashMap<String, (String, Instant)>,
+    workers: HashMap<String, (WorkerInfo, Instant)>,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<(String, String, u64)>,
+    held: HashMap<String, Held>,
+    delayed: BTreeMap<(u64, u64), String>,
+    dead: VecDeque<DeadLetter>,
+}
+
+struct Held {
+    consumer: String,
+    payload: Arc<str>,
+    deliveries: u64,
+    renewed: Instant,
+}
+
+impl MemoryBroker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the state consistent before it can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{}-{}", now_ms(), self.seq)
+    }
+
+    fn queue(&mut self, name: &str) -> &mut Queue {
+        self.queues.entry(name.to_string()).or_default()
+    }
+
+    fn push_ready(&mut self, queue: &str, payload: String, deliveries: u64) {
+        let id = self.next_id();
+        self.queue(queue).ready.push_back((id, payload, deliveries));
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn describe(&self) -> String {
+        "memory://".into()
+    }
+
+    async fn put_component(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+        key_id: &str,
+        module: &str,
+        signature: &str,
+    ) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        let new = !s.components.contains_key(digest);
+        let stored = s
+            .components
+            .entry(*digest)
+            .or_insert_with(|| StoredComponent {
+                bytes: bytes.to_vec(),
+                ..StoredComponent::default()
+            });
+        stored
+            .signatures
+            .insert(signature_slot(key_id, module), signature.to_string());
+        Ok(new)
+    }
+
+    async fn get_component_signatures(&self, digest: &Digest) -> BrokerResult<Option<Vec<String>>> {
+        Ok(self
+            .lock()
+            .components
+            .get(digest)
+            .map(|c| c.signatures.values().cloned().collect()))
+    }
+
+    async fn get_component_bytes(&self, digest: &Digest) -> BrokerResult<Option<Vec<u8>>> {
+        Ok(self.lock().components.get(digest).map(|c| c.bytes.clone()))
+    }
+
+    async fn set_module(&self, info: &ModuleInfo) -> BrokerResult<()> {
+        self.lock()
+            .modules
+            .insert(info.module.clone(), info.clone());
+        Ok(())
+    }
+
+    async fn get_module(&self, module: &str) -> BrokerResult<Option<ModuleInfo>> {
+        Ok(self.lock().modules.get(module).cloned())
+    }
+
+    async fn list_modules(&self) -> BrokerResult<Vec<ModuleInfo>> {
+        Ok(self.lock().modules.values().cloned().collect())
+    }
+
+    async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()> {
+        let now = now_ms();
+        let mut s = self.lock();
+        for m in messages {
+            match m.due_ms.filter(|due| *due > now) {
+                Some(due) => {
+                    s.seq += 1;
+                    let seq = s.seq;
+                    s.queue(&m.queue)
+                        .delayed
+                        .insert((due, seq), m.payload.clone());
+                }
+                None => s.push_ready(&m.queue, m.payload.clone(), 0),
+            }
+        }
+        drop(s);
+        self.ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn declare(&self, queues: &[String]) -> BrokerResult<()> {
+        let mut s = self.lock();
+        for q in queues {
+            s.queue(q);
+        }
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        queues: &[String],
+        consumer: &str,
+        limits: FetchLimits,
+        block: Duration,
+    ) -> BrokerResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + block;
+        loop {
+            // Register interest before looking, so a notify in between is not lost.
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.lock();
+                let mut out: Vec<Delivery> = Vec::new();
+                let mut bytes = 0;
+                for q in queues {
+                    let queue = s.queue(q);
+                    while out.len() < limits.max.max(1) {
+                        let Some((_, payload, _)) = queue.ready.front() else {
+                            break;
+                        };
+                        let cost = payload.len().min(limits.max_message_bytes);
+                        if !out.is_empty() && bytes + cost > limits.max_bytes {
+                            break;
+                        }
+                        bytes += cost;
+                        let Some((id, payload, deliveries)) = queue.ready.pop_front() else {
+                            break;
+                        };
+                        let d = Delivery::bounded(
+                            q,
+                            id.clone(),
+                            payload,
+                            deliveries + 1,
+                            limits.max_message_bytes,
+                        );
+                        queue.held.insert(
+                            id,
+                            Held {
+                                consumer: consumer.to_string(),
+                                payload: d.payload.clone(),
+                                deliveries: deliveries + 1,
+                                renewed: Instant::now(),
+                            },
+                        );
+                        out.push(d);
+                    }
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn promote_due(&self, queues: &[String], now: u64) -> BrokerResult<usize> {
+        let mut s = self.lock();
+        let mut moved = 0;
+        for q in queues {
+            let queue = s.queue(q);
+            let later = queue.delayed.split_off(&(now + 1, 0));
+            let due = std::mem::replace(&mut queue.delayed, later);
+            for (_, payload) in due {
+                s.push_ready(q, payload, 0);
+                moved += 1;
+            }
+        }
+        drop(s);
+        if moved > 0 {
+            self.ready.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    async fn renew(
+        &self,
+        consumer: &str,
+        held: &[(String, String)],
+    ) -> BrokerResult<Vec<(String, String)>> {
+        let mut s = self.lock();
+        let mut lost = Vec::new();
+        for (q, id) in held {
+            match s.queue(q).held.get_mut(id) {
+                Some(h) if h.consumer == consumer => h.renewed = Instant::now(),
+                _ => lost.push((q.clone(), id.clone())),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn pending(
+        &self,
+        queue: &str,
+        consumer: &str,
+        min_idle: Duration,
+        max: usize,
+    ) -> BrokerResult<Vec<Pending>> {
+        let mut s = self.lock();
+        let mut out: Vec<Pending> = s
+            .queue(queue)
+            .held
+            .iter()
+            .filter(|(_, h)| h.consumer != consumer && h.renewed.elapsed() >= min_idle)
+            .map(|(id, h)| Pending {
+                id: id.clone(),
+                consumer: h.consumer.clone(),
+                idle_ms: h.renewed.elapsed().as_millis() as u64,
+                deliveries: h.deliveries,
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.idle_ms));
+        out.truncate(max);
+        Ok(out)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        consumer: &str,
+        claims: &[Claim],
+        _max_message_bytes: usize,
+    ) -> BrokerResult<Vec<Delivery>> {
+        let mut s = self.lock();
+        let q = s.queue(queue);
+        let mut out = Vec::new();
+        for c in claims {
+            if let Some(h) = q.held.get_mut(&c.id)
+                && h.renewed.elapsed().as_millis() as u64 >= c.min_idle_ms
+            {
+                h.consumer = consumer.to_string();
+                h.renewed = Instant::now();
+                h.deliveries += 1;
+                out.push(Delivery {
+                    queue: queue.to_string(),
+                    id: c.id.clone(),
+                    payload: h.payload.clone(),
+                    size: h.payload.len(),
+                    deliveries: h.deliveries,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn prune_consumers(
+        &self,
+        _queue: &str,
+        _min_idle: Duration,
+        _consumer: Option<&str>,
+    ) -> BrokerResult<u64> {
+        // Consumers exist here only as names on held messages.
+        Ok(0)
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        consumer: &str,
+        batch: &[Completion],
+    ) -> BrokerResult<Vec<Result<Completed, BrokerError>>> {
+        let now = now_ms();
+        let mut s = self.lock();
+        let mut wrote_result = false;
+        let mut requeued = false;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for c in batch {
+            let holder = s
+                .queue(&c.queue)
+                .held
+                .get(&c.delivery_id)
+                .map(|h| h.consumer == consumer);
+            if holder == Some(false) {
+                outcomes.push(Ok(Completed::TakenOver));
+                continue;
+            }
+            if let Some(r) = &c.result {
+                s.results
+                    .insert(r.task_id.clone(), (r.json.clone(), Instant::now() + r.ttl));
+                wrote_result = true;
+            }
+            let Some(held) = s.queue(&c.queue).held.remove(&c.delivery_id) else {
+                outcomes.push(Ok(Completed::Gone));
+                continue;
+            };
+            outcomes.push(Ok(Completed::Done));
+            let deliveries = held.deliveries;
+            match &c.disposition {
+                Disposition::Ack => {}
+                Disposition::Retry { payload, due_ms } => {
+                    s.seq += 1;
+                    let seq = s.seq;
+                    s.queue(&c.queue)
+                        .delayed
+                        .insert((*due_ms, seq), payload.clone());
+                }
+                Disposition::DeadLetter { reason, payload } => {
+                    let id = s.next_id();
+                    let dead = &mut s.queue(&c.queue).dead;
+                    dead.push_back(DeadLetter {
+                        id,
+                        queue: c.queue.clone(),
+                        reason: reason.clone(),
+                        payload: payload.clone().unwrap_or_else(|| c.payload.to_string()),
+                        at: now,
+                    });
+                    if dead.len() > DLQ_CAP {
+                        dead.pop_front();
+                    }
+                }
+                Disposition::Requeue => {
+                    // Keeps its delivery count: requeueing is not a fresh start.
+                    s.push_ready(
+                        &c.queue,
+                        c.payload.to_string(),
+                        deliveries.saturating_sub(1),
+                    );
+                    requeued = true;
+                }
+            }
+        }
+        drop(s);
+        if wrote_result {
+            self.results.notify_waiters();
+        }
+        if requeued {
+            self.ready.notify_waiters();
+        }
+        Ok(outcomes)
+    }
+
+    async fn set_result(&self, write: &ResultWrite) -> BrokerResult<()> {
+        self.lock().results.insert(
+            write.task_id.clone(),
+            (write.json.clone(), Instant::now() + write.ttl),
+        );
+        self.results.notify_waiters();
+        Ok(())
+    }
+
+    async fn get_result(&self, task_id: &str) -> BrokerResult<Option<String>> {
+        let mut s = self.lock();
+        match s.results.get(task_id) {
+            Some((json, expires)) if *expires > Instant::now() => Ok(Some(json.clone())),
+            Some(_) => {
+                s.results.remove(task_id);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.results.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let latest = self.get_result(task_id).await?;
+            if latest
+                .as_deref()
+                .and_then(state_of)
+                .is_some_and(|s| s.is_final())
+            {
+                return Ok(latest);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get_result(task_id).await;
+            }
+        }
+    }
+
+    async fn dlq_list(&self, queue: &str, limit: usize) -> BrokerResult<Vec<DeadLetter>> {
+        let mut s = self.lock();
+        Ok(s.queue(queue).dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn dlq_requeue(&self, queue: &str, id: &str) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        let dead = &mut s.queue(queue).dead;
+        let Some(pos) = dead.iter().position(|d| d.id == id) else {
+            return Ok(false);
+        };
+        let letter = dead.remove(pos).map(|d| d.payload).unwrap_or_default();
+        // The old FAILURE record would answer anyone waiting on the rerun.
+        if let Some(task_id) = celeriac_protocol::message::salvage_id(&letter) {
+            s.results.remove(&task_id);
+        }
+        s.push_ready(queue, super::reset_retries(&letter), 0);
+        drop(s);
+        self.ready.notify_waiters();
+        Ok(true)
+    }
+
+    async fn dlq_purge(&self, queue: &str) -> BrokerResult<u64> {
+        let mut s = self.lock();
+        let dead = &mut s.queue(queue).dead;
+        let n = dead.len() as u64;
+        dead.clear();
+        Ok(n)
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<String>> {
+        Ok(self.lock().queues.keys().cloned().collect())
+    }
+
+    async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats> {
+        let mut s = self.lock();
+        let q = s.queue(queue);
+        Ok(QueueStats {
+            queue: queue.to_string(),
+            ready: q.ready.len() as u64,
+            delayed: q.delayed.len() as u64,
+            in_flight: q.held.len() as u64,
+            dead: q.dead.len() as u64,
+        })
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
+        self.lock()
+            .workers
+            .insert(worker.id.clone(), (worker.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn forget_worker(&self, worker_id: &str) -> BrokerResult<()> {
+        self.lock().workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.workers.retain(|_, (_, expires)| *expires > now);
+        Ok(s.workers.values().map(|(w, _)| w.clone()).collect())
+    }
+}

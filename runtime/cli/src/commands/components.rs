@@ -1,0 +1,40 @@
+use std::process::ExitCode;
+
+use crate::common::{BrokerArgs, time};
+use crate::runtime;
+use celeriac_protocol::units::format_size;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let broker = args.broker.connect().await?;
+        let modules = broker.list_modules().await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&modules)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "{:<16} {:<73} {:<12} {:>10}  UPLOADED",
+            "MODULE", "DIGEST", "SIGNER", "SIZE"
+        );
+        for m in modules {
+            println!(
+                "{:<16} {:<73} {:<12} {:>10}  {}",
+                m.module,
+                m.digest.to_string(),
+                m.signer,
+                format_size(m.size),
+                time(m.uploaded_at)
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,17 @@
+//! One module per verb: its flags (clap `Args`) and a `run` that calls
+//! into the library crates and prints.
+
+pub mod build;
+pub mod components;
+pub mod demo;
+pub mod dlq;
+pub mod inspect;
+pub mod keygen;
+pub mod result;
+pub mod run;
+pub mod sign;
+pub mod status;
+pub mod submit;
+pub mod upload;
+pub mod verify;
+pub mod worker;

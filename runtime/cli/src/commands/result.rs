@@ -1,0 +1,50 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::common::BrokerArgs;
+use crate::{exit, runtime};
+use celeriac_client::{result, wait};
+use celeriac_protocol::units::parse_duration;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Task id printed by `celeriac submit`.
+    id: String,
+    /// Wait until the task has finished.
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s", requires = "wait")]
+    wait_timeout: Duration,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let broker = args.broker.connect().await?;
+        let record = if args.wait {
+            wait(broker.as_ref(), &args.id, args.wait_timeout).await?
+        } else {
+            result(broker.as_ref(), &args.id).await?
+        };
+        // Celery's answer too: unknown ids are PENDING.
+        let (text, finished) = match &record {
+            Some(r) => (serde_json::to_string_pretty(r)?, r.state.is_final()),
+            None => (
+                serde_json::json!({"id": args.id, "state": "PENDING"}).to_string(),
+                false,
+            ),
+        };
+        println!("{text}");
+        if args.wait && !finished {
+            eprintln!(
+                "error: task {} not finished within {}",
+                args.id,
+                humantime::format_duration(args.wait_timeout)
+            );
+            return Ok(ExitCode::from(exit::TIMEOUT));
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

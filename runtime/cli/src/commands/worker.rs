@@ -1,0 +1,189 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{BrokerArgs, LimitArgs};
+
+use celeriac_client::validate_queue;
+use celeriac_protocol::Backoff;
+use celeriac_protocol::units::{parse_duration, parse_size};
+use celeriac_sandbox::{Sandbox, SandboxConfig};
+use celeriac_signing::TrustStore;
+use celeriac_worker::{Worker, WorkerConfig, default_worker_id, install_prometheus};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory of trusted public keys: only components they signed run.
+    #[arg(long, env = "CELERIAC_TRUST")]
+    trust: PathBuf,
+    /// Queues to consume, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    queues: Vec<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: u32,
+    /// Most messages held beyond the running ones; fewer when tasks are
+    /// long (about 50 ms of work per slot), none until the first finishes.
+    #[arg(long, default_value_t = WorkerConfig::DEFAULT_PREFETCH)]
+    prefetch: u32,
+    /// Most bytes of messages held at once.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64MiB")]
+    prefetch_bytes: u64,
+    /// Larger messages are dead-lettered unread.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    max_message_size: u64,
+    /// A larger result (as JSON) fails the task instead of being stored.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "16MiB")]
+    max_result_size: u64,
+    /// Failure messages and dead-letter reasons are cut to this.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "8KiB")]
+    max_error_size: u64,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9187.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// A held message not renewed for this long goes to another worker.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
+    visibility_timeout: Duration,
+    /// Deliveries after which a message that never completes is dead-lettered.
+    #[arg(long, default_value_t = 5)]
+    max_deliveries: u64,
+    /// Time in-flight tasks get to finish after SIGTERM / Ctrl-C.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    grace: Duration,
+    /// Result expiry when the message does not set one.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "24h")]
+    result_ttl: Duration,
+    /// Limits for tasks: the defaults, and ceilings no message can raise.
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Delay before the first retry; doubles each time.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    retry_backoff: Duration,
+    /// Longest delay between retries.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "10m")]
+    retry_backoff_max: Duration,
+    /// Use exact backoff delays instead of spreading them randomly.
+    #[arg(long)]
+    no_retry_jitter: bool,
+    /// Record STARTED when a task starts (one more Redis write per task).
+    #[arg(long)]
+    track_started: bool,
+    /// Worker id (default host-pid-random).
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    broker: BrokerArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    for q in &args.queues {
+        validate_queue(q)?;
+    }
+    if args.result_ttl.is_zero() {
+        anyhow::bail!("--result-ttl must be at least 1s");
+    }
+    celeriac_protocol::message::bounds::check_result_ttl(args.result_ttl.as_secs().max(1))
+        .map_err(anyhow::Error::msg)?;
+    if args.visibility_timeout < Duration::from_secs(1) {
+        anyhow::bail!("--visibility-timeout must be at least 1s");
+    }
+    let trust = TrustStore::load(&args.trust)?;
+    let concurrency = args.concurrency.max(1);
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+        concurrency,
+        ..SandboxConfig::default()
+    })?);
+    let config = WorkerConfig {
+        id: args.id.clone().unwrap_or_else(default_worker_id),
+        queues: args.queues.clone(),
+        concurrency,
+        prefetch: args.prefetch,
+        prefetch_bytes: size_arg("--prefetch-bytes", args.prefetch_bytes, 1)?,
+        max_message_bytes: size_arg("--max-message-size", args.max_message_size, 1024)?,
+        max_result_bytes: size_arg("--max-result-size", args.max_result_size, 1024)?,
+        max_error_bytes: size_arg("--max-error-size", args.max_error_size, 256)?,
+        visibility_timeout: args.visibility_timeout,
+        max_deliveries: args.max_deliveries.max(1),
+        limits: args.limits.limits()?,
+        result_ttl: args.result_ttl,
+        backoff: Backoff {
+            base: args.retry_backoff,
+            max: args.retry_backoff_max,
+            jitter: !args.no_retry_jitter,
+        },
+        grace: args.grace,
+        heartbeat: Duration::from_secs(2),
+        track_started: args.track_started,
+    };
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        if let Some(addr) = args.metrics {
+            install_prometheus(addr)?;
+            tracing::info!(%addr, "serving Prometheus metrics");
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+
+        // Wait for the broker rather than give up: a worker started before
+        // Redis (or during a restart) should simply begin once it answers.
+        let mut attempt = 0u32;
+        let broker = loop {
+            match celeriac_broker::connect(&args.broker.broker, &args.broker.prefix).await {
+                Ok(b) => break b,
+                Err(e @ celeriac_broker::BrokerError::Url { .. }) => return Err(e.into()),
+                Err(e) => {
+                    attempt += 1;
+                    let wait = Duration::from_millis((200 * u64::from(attempt)).min(5_000));
+                    tracing::warn!(broker = %celeriac_broker::redact(&args.broker.broker), error = %e, retry_in = ?wait, "broker unreachable");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+            }
+        };
+        let worker = Worker::new(broker, sandbox, trust, config);
+        let summary = worker.run(shutdown).await;
+        tracing::info!(processed = summary.processed, handed_back = summary.requeued_on_shutdown, "worker stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A size flag within what Redis can store in one value (512 MiB) and at
+/// least `min` bytes.
+fn size_arg(flag: &str, value: u64, min: u64) -> anyhow::Result<usize> {
+    const REDIS_MAX: u64 = 512 << 20;
+    if value < min || value > REDIS_MAX {
+        anyhow::bail!(
+            "{flag} {} is out of range ({} to 512 MiB)",
+            celeriac_protocol::units::format_size(value),
+            celeriac_protocol::units::format_size(min)
+        );
+    }
+    Ok(value as usize)
+}
+
+/// First SIGTERM / SIGINT: graceful shutdown. Second: quit now (held
+/// messages go to other workers after the visibility timeout).
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!(
+        "shutdown requested: no new tasks; finishing in-flight ones (signal again to quit now)"
+    );
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: quitting now");
+    std::process::exit(130);
+}

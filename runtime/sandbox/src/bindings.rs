@@ -1,0 +1,7 @@
+//! Host-side bindings of the `celeriac:task` world (see `wit/`).
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "celeriac:task/task",
+    exports: { default: async },
+});

@@ -1,0 +1,14 @@
+//! Celeriac's end-to-end tests, one binary with a module per feature (one
+//! link of wasmtime instead of one per file). Every test talks to a real
+//! Redis (`CELERIAC_TEST_REDIS`, default the local one) under its own key
+//! prefix and runs real components built from `tasks/`.
+
+mod common;
+
+mod cli;
+mod hardening;
+mod polyglot;
+mod queue;
+mod registry;
+mod sandbox;
+mod worker_process;

@@ -1,0 +1,825 @@
+//! The queue against a real Redis (and the in-memory broker where the same
+//! semantics apply): acks late, leases, delays, retries, dead letters,
+//! expiry. In-process workers; see worker_process.rs for separate processes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::common::{Prefix, Publisher, RunningWorker, fetch_limits, quick_config};
+use celeriac_broker::{Broker, Claim, MemoryBroker, Outgoing};
+use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use celeriac_protocol::MessageLimits;
+use celeriac_protocol::now_ms;
+use celeriac_protocol::record::{ResultRecord, TaskState};
+use serde_json::{Value, json};
+
+fn req(task: &str, args: Value) -> TaskRequest {
+    TaskRequest {
+        task: task.into(),
+        args: args.as_array().cloned().unwrap_or_default(),
+        kwargs: Default::default(),
+    }
+}
+
+async fn submit(b: &dyn Broker, task: &str, args: Value, options: &SubmitOptions) -> String {
+    client::submit(b, req(task, args), options).await.unwrap()
+}
+
+async fn wait(b: &dyn Broker, id: &str) -> ResultRecord {
+    client::wait(b, id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no result for {id}"))
+}
+
+/// The core flow on both brokers: submit, run, result; a typed failure
+/// (no retry) and a retried one.
+async fn core_flow(b: Arc<dyn Broker>) {
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("core"));
+    let opts = SubmitOptions::default();
+
+    let id = submit(b.as_ref(), "math.add", json!([2, 3]), &opts).await;
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(
+        (r.state, r.result.clone()),
+        (TaskState::Success, Some(json!(5))),
+        "{r:?}"
+    );
+    assert_eq!(r.worker, "core");
+    assert!(r.finished_at.unwrap() >= r.submitted_at);
+
+    // invalid-input and fatal failures are not retried, and are dead-lettered.
+    let id = submit(b.as_ref(), "math.add", json!([2]), &opts).await;
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!((r.state, r.retries), (TaskState::Failure, 0));
+    let e = r.error.unwrap();
+    assert_eq!(e.kind, "invalid-input");
+    assert_eq!(
+        e.message,
+        "invalid-input: add() missing required argument `b`"
+    );
+    let id = submit(b.as_ref(), "misbehave.fatal", json!(["nope"]), &opts).await;
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(
+        (r.state, r.retries, r.error.unwrap().kind.as_str()),
+        (TaskState::Failure, 0, "fatal")
+    );
+
+    // A retry failure retries with backoff until it succeeds.
+    let id = submit(b.as_ref(), "misbehave.flaky", json!([2]), &opts).await;
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!((r.state, r.retries), (TaskState::Success, 2), "{r:?}");
+    assert_eq!(r.result, Some(json!({"retries": 2})));
+
+    let dead = b.dlq_list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_flow_on_redis() {
+    let p = Prefix::new();
+    core_flow(p.broker().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_flow_in_memory() {
+    core_flow(Arc::new(MemoryBroker::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_module_enqueues_nothing() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let err = client::submit(
+        b.as_ref(),
+        req("nosuch.add", json!([1, 2])),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("unknown module `nosuch`"),
+        "{err}"
+    );
+    assert!(b.queues().await.unwrap().is_empty());
+}
+
+/// Retries and traps retry with backoff until max retries, then FAILURE;
+/// a task waiting out its backoff does not hold a worker slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_back_off_without_blocking_slots() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let mut config = quick_config("retrier");
+    config.concurrency = 1;
+    config.backoff.base = Duration::from_millis(400);
+    config.backoff.max = Duration::from_secs(2);
+    config.backoff.jitter = false;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+
+    let opts = SubmitOptions {
+        max_retries: 2,
+        ..SubmitOptions::default()
+    };
+    let t = Instant::now();
+    let flaky = submit(b.as_ref(), "misbehave.flaky", json!([5]), &opts).await;
+    // Give it time to fail once, then show the single slot is free.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let add = submit(b.as_ref(), "math.add", json!([1, 1]), &opts).await;
+    let r = wait(b.as_ref(), &add).await;
+    assert_eq!(r.state, TaskState::Success);
+    let mid = client::result(b.as_ref(), &flaky).await.unwrap().unwrap();
+    assert_eq!(mid.state, TaskState::Retry, "{mid:?}");
+    assert!(mid.retry_at.is_some());
+
+    let r = wait(b.as_ref(), &flaky).await;
+    // Delays of 400 ms then 800 ms: exponential, no jitter.
+    assert!(
+        t.elapsed() >= Duration::from_millis(1200),
+        "retried too early: {:?}",
+        t.elapsed()
+    );
+    assert_eq!((r.state, r.retries), (TaskState::Failure, 2), "{r:?}");
+    assert!(
+        r.error
+            .unwrap()
+            .message
+            .ends_with("(gave up after 2 retries)")
+    );
+
+    // A trap (panic) is retried too.
+    let id = submit(
+        b.as_ref(),
+        "misbehave.panic",
+        json!(["again"]),
+        &SubmitOptions {
+            max_retries: 1,
+            ..opts.clone()
+        },
+    )
+    .await;
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(
+        (r.state, r.retries, r.error.as_ref().unwrap().kind.as_str()),
+        (TaskState::Failure, 1, "trap"),
+        "{r:?}"
+    );
+
+    // Limits are not retried.
+    let limited = SubmitOptions {
+        limits: MessageLimits {
+            timeout_ms: Some(200),
+            ..Default::default()
+        },
+        ..opts
+    };
+    let id = submit(b.as_ref(), "misbehave.spin", json!([]), &limited).await;
+    let r = wait(b.as_ref(), &id).await;
+    let e = r.error.unwrap();
+    assert_eq!(
+        (r.state, r.retries, e.kind.as_str()),
+        (TaskState::Failure, 0, "time-limit")
+    );
+    assert_eq!(e.message, "time limit exceeded (200.0ms)");
+    worker.stop().await;
+}
+
+/// Countdown and eta wait in Redis (not in a worker) and run no earlier
+/// than asked; a worker restart in between neither loses nor duplicates them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn countdown_waits_in_redis_and_survives_restarts() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+
+    let eta = SystemTime::now() + Duration::from_millis(1500);
+    let eta_ms = eta
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let opts = SubmitOptions {
+        eta: Some(eta),
+        ..SubmitOptions::default()
+    };
+    let id = submit(b.as_ref(), "math.mul", json!([6, 7]), &opts).await;
+    let stats = b.queue_stats("default").await.unwrap();
+    assert_eq!((stats.delayed, stats.ready), (1, 0));
+
+    // A worker comes and goes before the task is due.
+    let first = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("early"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let summary = first.stop().await;
+    assert_eq!(summary.processed, 0);
+    assert_eq!(b.queue_stats("default").await.unwrap().delayed, 1);
+
+    let second = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("late"));
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(
+        (r.state, r.result.clone()),
+        (TaskState::Success, Some(json!(42)))
+    );
+    assert!(
+        r.started_at.unwrap() >= eta_ms,
+        "ran {} ms early",
+        eta_ms - r.started_at.unwrap()
+    );
+    let summary = second.stop().await;
+    assert_eq!(summary.processed, 1);
+    let stats = b.queue_stats("default").await.unwrap();
+    assert_eq!((stats.delayed, stats.ready, stats.in_flight), (0, 0, 0));
+}
+
+/// An expired task is not run and is recorded as REVOKED with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tasks_are_revoked() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let opts = SubmitOptions {
+        expires: Some(SystemTime::now() + Duration::from_millis(100)),
+        ..SubmitOptions::default()
+    };
+    let id = submit(b.as_ref(), "math.add", json!([1, 2]), &opts).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(r.state, TaskState::Revoked);
+    assert!(r.result.is_none());
+    assert!(r.error.unwrap().message.starts_with("expired "));
+    assert_eq!(worker.stop().await.processed, 0);
+}
+
+/// A task that outlives the visibility timeout keeps its lease: a second
+/// idle worker never gets it, and it runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_for_long_tasks() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let config = |id: &str| {
+        let mut c = quick_config(id);
+        c.visibility_timeout = Duration::from_millis(600);
+        c
+    };
+    let mut tracking = config("a");
+    tracking.track_started = true;
+    let a = RunningWorker::start(b.clone(), publisher.trust.clone(), tracking);
+    let id = submit(
+        b.as_ref(),
+        "misbehave.sleep",
+        json!([2500]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    let running = wait_for_state(b.as_ref(), &id, TaskState::Started).await;
+    assert_eq!(running.worker, "a");
+    let other = RunningWorker::start(b.clone(), publisher.trust.clone(), config("b"));
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(
+        (r.state, r.result.clone()),
+        (TaskState::Success, Some(json!(2500)))
+    );
+    let (sa, sb) = (a.stop().await, other.stop().await);
+    assert_eq!(
+        sa.processed + sb.processed,
+        1,
+        "ran {} + {} times",
+        sa.processed,
+        sb.processed
+    );
+    assert_eq!(r.worker, "a");
+}
+
+/// Poll until the task's record reaches `state` (bounded, not timed).
+async fn wait_for_state(b: &dyn Broker, id: &str, state: TaskState) -> ResultRecord {
+    for _ in 0..2000 {
+        if let Some(r) = client::result(b, id).await.unwrap()
+            && r.state == state
+        {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("task {id} never reached {state:?}");
+}
+
+/// A consumer that takes messages and dies (never acks, never renews):
+/// another worker reclaims them after the visibility timeout and completes
+/// them; one delivered too often goes to the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    b.declare(&["default".into()]).await.unwrap();
+    let ids = client::submit_many(
+        b.as_ref(),
+        (0..5).map(|i| req("math.add", json!([i, 100]))).collect(),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    // The "crashed" consumer takes all five.
+    let taken = b
+        .fetch(
+            &["default".into()],
+            "crashed",
+            fetch_limits(10),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 5);
+    assert_eq!(b.queue_stats("default").await.unwrap().in_flight, 5);
+
+    let mut config = quick_config("rescuer");
+    config.visibility_timeout = Duration::from_millis(500);
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    for (i, id) in ids.iter().enumerate() {
+        let r = wait(b.as_ref(), id).await;
+        assert_eq!(r.result, Some(json!(i as i64 + 100)));
+        assert_eq!(r.worker, "rescuer");
+    }
+    worker.stop().await;
+
+    // Poison: a message whose consumers keep dying is dead-lettered once it
+    // has been delivered more than max_deliveries times.
+    let id = submit(
+        b.as_ref(),
+        "math.add",
+        json!([1, 1]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    for _ in 0..2 {
+        let got = b
+            .fetch(
+                &["default".into()],
+                "crashed",
+                fetch_limits(1),
+                Duration::from_millis(100),
+            )
+            .await
+            .unwrap();
+        if got.is_empty() {
+            // Delivered again to the same consumer (as a restarted worker
+            // with the same id would take it).
+            let pending = b
+                .pending("default", "other", Duration::ZERO, 1)
+                .await
+                .unwrap();
+            let claims = vec![Claim {
+                id: pending[0].id.clone(),
+                min_idle_ms: 0,
+                deliveries: pending[0].deliveries,
+            }];
+            let again = b
+                .claim("default", "crashed", &claims, 1 << 20)
+                .await
+                .unwrap();
+            assert_eq!(again.len(), 1);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut config = quick_config("judge");
+    config.visibility_timeout = Duration::from_millis(500);
+    config.max_deliveries = 2;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let r = wait(b.as_ref(), &id).await;
+    assert_eq!(r.state, TaskState::Failure);
+    assert_eq!(r.error.as_ref().unwrap().kind, "poison");
+    let dead = b.dlq_list("default", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .reason
+            .starts_with("delivered 3 times without completing"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(worker.stop().await.processed, 0);
+}
+
+/// Malformed messages and components that fail verification go to the
+/// dead-letter queue with the reason; the worker keeps going; dead letters
+/// can be listed, requeued and purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_dead_lettered_with_the_reason() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+
+    // Signed by a key the worker does not trust (uploaded through a
+    // registry that does).
+    let stranger = Publisher::new();
+    stranger.upload(b.as_ref(), &["text"]).await;
+
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("strict"));
+    let zeros = "0".repeat(64);
+    let future = format!(
+        r#"{{"v": 99, "id": "x2", "task": "math.add", "queue": "default", "digest": "sha256:{zeros}"}}"#
+    );
+    let junk = [
+        "not json at all",
+        r#"{"v": 1, "id": "x1"}"#,
+        future.as_str(),
+    ];
+    b.enqueue(
+        &junk
+            .iter()
+            .map(|j| Outgoing {
+                queue: "default".into(),
+                payload: j.to_string(),
+                due_ms: None,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let untrusted = submit(
+        b.as_ref(),
+        "text.upper",
+        json!(["hi"]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    let r = wait(b.as_ref(), &untrusted).await;
+    assert_eq!(r.state, TaskState::Failure);
+    let msg = r.error.unwrap().message;
+    assert!(msg.contains("refused: unknown key"), "{msg}");
+
+    // Tampered bytes in the store: caught by the digest check.
+    let math_digest = b.get_module("math").await.unwrap().unwrap().digest;
+    let mut conn = redis::Client::open(crate::common::redis_url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}component:{math_digest}", p.0))
+        .arg("bytes")
+        .arg(b"\0asm tampered".as_slice())
+        .query(&mut conn)
+        .unwrap();
+    // A fresh worker (empty component cache) sees the tampered store.
+    worker.stop().await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("strict2"));
+    let tampered = submit(
+        b.as_ref(),
+        "math.add",
+        json!([1, 2]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    let r = wait(b.as_ref(), &tampered).await;
+    let msg = r.error.unwrap().message;
+    assert!(msg.contains("the store is corrupt"), "{msg}");
+
+    // The worker is still alive and well.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dead = b.dlq_list("default", 10).await.unwrap();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(dead.len(), 5, "{reasons:?}");
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("malformed message: "))
+            .count(),
+        3,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("unsupported message version 99")),
+        "{reasons:?}"
+    );
+    // A malformed message with an id still gets a FAILURE record.
+    let r = client::result(b.as_ref(), "x1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.error.unwrap().kind.as_str()),
+        (TaskState::Failure, "malformed")
+    );
+
+    // Requeue the untrusted one after trusting its key: it now runs.
+    worker.stop().await;
+    let both = celeriac_signing::TrustStore::from_keys(
+        [
+            publisher.dir.path().join("trust/alice.pub"),
+            stranger.dir.path().join("trust/alice.pub"),
+        ]
+        .iter()
+        .map(|p| celeriac_signing::PublicKey::load(p).unwrap()),
+    );
+    let worker = RunningWorker::start(b.clone(), both, quick_config("lenient"));
+    let letter = dead
+        .iter()
+        .find(|d| d.payload.contains(&untrusted))
+        .unwrap();
+    assert!(b.dlq_requeue("default", &letter.id).await.unwrap());
+    let r = wait(b.as_ref(), &untrusted).await;
+    assert_eq!((r.state, r.result), (TaskState::Success, Some(json!("HI"))));
+    assert!(!b.dlq_requeue("default", &letter.id).await.unwrap());
+    assert_eq!(b.dlq_purge("default").await.unwrap(), 4);
+    assert!(b.dlq_list("default", 10).await.unwrap().is_empty());
+    worker.stop().await;
+}
+
+/// Results expire; ignore_result stores none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_expire_and_can_be_ignored() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let short = SubmitOptions {
+        result_ttl: Some(Duration::from_secs(1)),
+        ..SubmitOptions::default()
+    };
+    let id = submit(b.as_ref(), "math.add", json!([1, 2]), &short).await;
+    assert_eq!(wait(b.as_ref(), &id).await.state, TaskState::Success);
+    let ignored = submit(
+        b.as_ref(),
+        "math.add",
+        json!([3, 4]),
+        &SubmitOptions {
+            ignore_result: true,
+            ..SubmitOptions::default()
+        },
+    )
+    .await;
+    let after = submit(
+        b.as_ref(),
+        "math.add",
+        json!([5, 6]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    assert_eq!(wait(b.as_ref(), &after).await.result, Some(json!(11)));
+    assert!(
+        client::result(b.as_ref(), &ignored)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(
+        client::result(b.as_ref(), &id).await.unwrap().is_none(),
+        "result outlived its expiry"
+    );
+    worker.stop().await;
+}
+
+fn upload_options() -> celeriac_broker::registry::UploadOptions<'static> {
+    celeriac_broker::registry::UploadOptions::new(&crate::common::worker_check)
+}
+
+/// Uploading the same bytes twice is a no-op; a new version moves the name
+/// while messages pinned to the old digest still run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    let v1 = crate::common::read_component("math");
+    let sig1 = celeriac_signing::sign_component(&v1, &publisher.key, "math").unwrap();
+    let up = celeriac_broker::registry::upload(
+        b.as_ref(),
+        &v1,
+        &sig1,
+        &publisher.trust,
+        upload_options(),
+    )
+    .await
+    .unwrap();
+    assert!(up.new_bytes && up.previous.is_none());
+    let again = celeriac_broker::registry::upload(
+        b.as_ref(),
+        &v1,
+        &sig1,
+        &publisher.trust,
+        upload_options(),
+    )
+    .await
+    .unwrap();
+    assert!(!again.new_bytes && again.previous.is_none());
+
+    // "v2": the text component signed as module math, so its digest differs.
+    let pinned = submit(
+        b.as_ref(),
+        "math.add",
+        json!([20, 22]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    let v2 = crate::common::read_component("text");
+    let sig2 = celeriac_signing::sign_component(&v2, &publisher.key, "math").unwrap();
+    let up2 = celeriac_broker::registry::upload(
+        b.as_ref(),
+        &v2,
+        &sig2,
+        &publisher.trust,
+        upload_options(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(up2.previous, Some(up.digest));
+    assert_eq!(
+        b.get_module("math").await.unwrap().unwrap().digest,
+        up2.digest
+    );
+
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    // The message submitted before the move runs v1, exactly as resolved.
+    assert_eq!(wait(b.as_ref(), &pinned).await.result, Some(json!(42)));
+    let moved = submit(
+        b.as_ref(),
+        "math.upper",
+        json!(["v2"]),
+        &SubmitOptions::default(),
+    )
+    .await;
+    assert_eq!(wait(b.as_ref(), &moved).await.result, Some(json!("V2")));
+    worker.stop().await;
+    let modules = b.list_modules().await.unwrap();
+    assert_eq!(modules.len(), 1);
+    assert!(now_ms() >= modules[0].uploaded_at);
+}
+
+/// A worker asked to stop finishes its running task, hands back what it
+/// had prefetched, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_hands_back_unstarted_work() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let mut config = quick_config("stopper");
+    config.concurrency = 1;
+    config.track_started = true;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    // Short tasks first: a worker prefetches only once it has seen tasks
+    // finish quickly.
+    let warmup = client::submit_many(
+        b.as_ref(),
+        (0..5).map(|_| req("misbehave.sleep", json!([1]))).collect(),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    for id in &warmup {
+        wait(b.as_ref(), id).await;
+    }
+    let ids = client::submit_many(
+        b.as_ref(),
+        (0..3)
+            .map(|_| req("misbehave.sleep", json!([700])))
+            .collect(),
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Stop once one of them is running (whichever got the slot).
+    'started: loop {
+        for id in &ids {
+            if client::result(b.as_ref(), id)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.state == TaskState::Started)
+            {
+                break 'started;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let summary = worker.stop().await;
+    assert_eq!(summary.processed, 6);
+    assert_eq!(summary.requeued_on_shutdown, 2);
+    // Whichever of the three got the slot finished; the other two wait.
+    let mut finished = 0;
+    for id in &ids {
+        if let Some(r) = client::result(b.as_ref(), id).await.unwrap() {
+            assert_eq!(r.state, TaskState::Success);
+            finished += 1;
+        }
+    }
+    assert_eq!(finished, 1);
+    let stats = b.queue_stats("default").await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (2, 0), "{stats:?}");
+
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("next"));
+    for id in &ids {
+        assert_eq!(wait(b.as_ref(), id).await.state, TaskState::Success);
+    }
+    worker.stop().await;
+}
+
+/// Waiters share one subscriber connection per broker: many at once, two
+/// on the same task, each gets its own result, and every channel is
+/// unsubscribed once nobody waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_waits_share_one_subscriber() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("waits"));
+    // Due shortly, so every waiter is subscribed before any result exists.
+    let opts = SubmitOptions {
+        eta: Some(SystemTime::now() + Duration::from_millis(500)),
+        ..SubmitOptions::default()
+    };
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(submit(b.as_ref(), "math.add", json!([i, 1000]), &opts).await);
+    }
+    let mut waits = tokio::task::JoinSet::new();
+    for (i, id) in ids.iter().chain(&ids[..1]).enumerate() {
+        let (b, id) = (b.clone(), id.clone());
+        waits.spawn(async move { (i % 40, wait(b.as_ref(), &id).await) });
+    }
+    let mut seen = 0;
+    while let Some(joined) = waits.join_next().await {
+        let (i, r) = joined.unwrap();
+        assert_eq!(
+            (r.state, r.result),
+            (TaskState::Success, Some(json!(i + 1000)))
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 41);
+
+    let mut redis = redis::Client::open(crate::common::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let channels: Vec<String> = ids.iter().map(|id| format!("{}result:{id}", p.0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channels)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let still: Vec<_> = counts.iter().filter(|(_, n)| *n > 0).collect();
+        if still.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still subscribed: {still:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+}
+
+/// `submit_and_wait` subscribes while it enqueues: it returns the result,
+/// and a submit that fails returns its error at once, not after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_returns_the_result_or_the_submit_error() {
+    let p = Prefix::new();
+    let b = p.broker().await;
+    let publisher = Publisher::new();
+    publisher.upload(b.as_ref(), &["math"]).await;
+    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("call"));
+    let opts = SubmitOptions::default();
+    for i in 0..20 {
+        let (id, r) = client::submit_and_wait(
+            b.as_ref(),
+            req("math.add", json!([i, 1])),
+            &opts,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let r = r.unwrap();
+        assert_eq!((r.id.as_str(), r.state), (id.as_str(), TaskState::Success));
+        assert_eq!(r.result, Some(json!(i + 1)));
+    }
+
+    let started = Instant::now();
+    let err = client::submit_and_wait(
+        b.as_ref(),
+        req("nosuch.add", json!([1, 2])),
+        &opts,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown module `nosuch`"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited out the timeout"
+    );
+    worker.stop().await;
+}

@@ -1,0 +1,569 @@
+//! The real `celeriac` binary in separate processes against a real Redis:
+//! the upload / submit / worker / result flow, SIGKILL during a batch,
+//! SIGTERM with work in flight, a Redis restart, and the no-Redis demo.
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::{
+    Prefix, PrivateRedis, Publisher, WorkerProcess, celeriac, free_port, http_get,
+};
+use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use celeriac_protocol::record::TaskState;
+use serde_json::json;
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_submit_worker_result_across_processes() {
+    let p = Prefix::new();
+    let url = crate::common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| celeriac(&url, &p.0, cache.path(), args);
+    let trust = publisher.trust_dir();
+    let trust_s = trust.to_str().unwrap();
+
+    let math = publisher.signed_file("math");
+    let math_s = math.to_str().unwrap();
+    let up = run(&["upload", math_s, "--trust", trust_s]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let line = stdout(&up);
+    assert!(
+        line.starts_with("math sha256:") && line.trim().len() == "math sha256:".len() + 64,
+        "{line}"
+    );
+    let again = run(&["upload", math_s, "--trust", trust_s]);
+    assert_eq!(stdout(&again), line);
+    // Unsigned: refused, nothing stored.
+    let bare = publisher.dir.path().join("bare.wasm");
+    std::fs::copy(&math, &bare).unwrap();
+    let o = run(&["upload", bare.to_str().unwrap(), "--trust", trust_s]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        stderr(&o).starts_with("refused: unsigned"),
+        "{}",
+        stderr(&o)
+    );
+
+    let listed = stdout(&run(&["components"]));
+    assert!(
+        listed.contains("math") && listed.contains(line.split_whitespace().nth(1).unwrap()),
+        "{listed}"
+    );
+
+    // Unknown module: clear error, nothing enqueued.
+    let o = run(&["submit", "nosuch.add", "[1, 2]"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown module `nosuch`"),
+        "{}",
+        stderr(&o)
+    );
+
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let worker = WorkerProcess::start(
+        &url,
+        &p.0,
+        cache.path(),
+        &trust,
+        "proc-w1",
+        &["--metrics", &metrics_addr],
+    );
+    let broker = p.broker().await;
+    worker.ready(broker.as_ref()).await;
+
+    let o = run(&["submit", "math.add", "[2, 3]", "--wait"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "5\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["submit", "math.add", "[2]", "--wait"]);
+    assert_eq!(o.status.code(), Some(1));
+    // The task id first (as soon as it is queued), then the cause.
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(uuid::Uuid::parse_str(lines[0]).is_ok(), "{err}");
+    assert_eq!(
+        lines[1],
+        "error: invalid-input: add() missing required argument `b`"
+    );
+
+    let o = run(&["submit", "math.mul", "[6]", "--kwargs", r#"{"b": 7}"#]);
+    let id = stdout(&o).trim().to_string();
+    assert_eq!(id.len(), 36, "not a task id: {id}");
+    let o = run(&["result", &id, "--wait", "--wait-timeout", "20s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (record["state"].as_str(), &record["result"]),
+        (Some("SUCCESS"), &json!(42))
+    );
+    assert_eq!(record["worker"], "proc-w1");
+    let o = run(&["result", "no-such-id"]);
+    assert!(stdout(&o).contains("PENDING"));
+
+    // Prometheus metrics: tasks by state and name, runtime histogram, queue depth.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(
+        metrics.contains(r#"celeriac_tasks_total{task="math.add",state="SUCCESS"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"celeriac_tasks_total{task="math.add",state="FAILURE"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("celeriac_task_runtime_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("celeriac_worker_slots_busy"), "{metrics}");
+
+    let status = stdout(&run(&["status"]));
+    assert!(
+        status.contains("default") && status.contains("proc-w1"),
+        "{status}"
+    );
+    let dead = stdout(&run(&["dlq", "list"]));
+    assert!(
+        dead.contains("math.add") && dead.contains("missing required argument"),
+        "{dead}"
+    );
+    let purged = stdout(&run(&["dlq", "purge"]));
+    assert_eq!(purged.trim(), "purged 1 dead letters from default");
+
+    // SIGTERM: a clean, prompt exit and the heartbeat removed.
+    let mut worker = worker;
+    worker.signal("-TERM");
+    let status = worker.exit_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(broker.workers().await.unwrap().is_empty());
+}
+
+/// Two workers share a batch of 1,000 tasks; one is SIGKILLed mid-batch;
+/// every task still ends with a SUCCESS result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_batch_loses_nothing() {
+    let p = Prefix::new();
+    let url = crate::common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = p.broker().await;
+    publisher.upload(broker.as_ref(), &["math"]).await;
+
+    let opts = [
+        "--concurrency",
+        "2",
+        "--prefetch",
+        "32",
+        "--visibility-timeout",
+        "2s",
+    ];
+    let trust = publisher.trust_dir();
+    let mut a = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "victim", &opts);
+    let b = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "survivor", &opts);
+    a.ready(broker.as_ref()).await;
+    b.ready(broker.as_ref()).await;
+
+    // Half of them CPU-bound (fib 30, a few ms each) so the kill lands mid-batch.
+    let requests: Vec<TaskRequest> = (0..1000)
+        .map(|i| TaskRequest {
+            task: if i % 2 == 0 {
+                "math.fib".into()
+            } else {
+                "math.add".into()
+            },
+            args: if i % 2 == 0 {
+                vec![json!(30)]
+            } else {
+                vec![json!(i), json!(1)]
+            },
+            kwargs: Default::default(),
+        })
+        .collect();
+    let ids = client::submit_many(broker.as_ref(), requests, &SubmitOptions::default())
+        .await
+        .unwrap();
+
+    // Kill the victim as soon as it has finished some of the work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    'wait: loop {
+        let mut by_victim = 0;
+        for id in &ids[..200] {
+            if client::result(broker.as_ref(), id)
+                .await
+                .unwrap()
+                .is_some_and(|r| r.worker == "victim")
+            {
+                by_victim += 1;
+                if by_victim >= 10 {
+                    break 'wait;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "victim never got going");
+    }
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let mut finished_at_kill = 0;
+    for id in &ids {
+        if client::result(broker.as_ref(), id).await.unwrap().is_some() {
+            finished_at_kill += 1;
+        }
+    }
+    assert!(
+        finished_at_kill < 1000,
+        "the kill came after the batch was done"
+    );
+    eprintln!("killed the victim with {finished_at_kill}/1000 tasks finished");
+
+    let mut by_worker: HashMap<String, usize> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let r = client::wait(broker.as_ref(), id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let r = r.unwrap_or_else(|| panic!("task {i} ({id}) has no result"));
+        assert_eq!(r.state, TaskState::Success, "task {i}: {r:?}");
+        let expected = if i % 2 == 0 {
+            json!(832040)
+        } else {
+            json!(i + 1)
+        };
+        assert_eq!(r.result, Some(expected), "task {i}");
+        *by_worker.entry(r.worker).or_default() += 1;
+    }
+    assert!(
+        by_worker.get("victim").copied().unwrap_or(0) > 0,
+        "{by_worker:?}"
+    );
+    assert!(
+        by_worker.get("survivor").copied().unwrap_or(0) > 0,
+        "{by_worker:?}"
+    );
+    let stats = broker.queue_stats("default").await.unwrap();
+    assert_eq!(
+        (stats.ready, stats.in_flight, stats.dead),
+        (0, 0, 0),
+        "{stats:?}"
+    );
+    drop(b);
+}
+
+/// SIGTERM while a task runs: it finishes, its result is stored, the
+/// process exits 0; a second signal is not needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work() {
+    let p = Prefix::new();
+    let url = crate::common::redis_url();
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = p.broker().await;
+    publisher.upload(broker.as_ref(), &["misbehave"]).await;
+    let mut w = WorkerProcess::start(
+        &url,
+        &p.0,
+        cache.path(),
+        &publisher.trust_dir(),
+        "term",
+        &["--concurrency", "1"],
+    );
+    w.ready(broker.as_ref()).await;
+    let req = |ms: u64| TaskRequest {
+        task: "misbehave.sleep".into(),
+        args: vec![json!(ms)],
+        kwargs: Default::default(),
+    };
+    let ids = client::submit_many(
+        broker.as_ref(),
+        vec![req(3000), req(10)],
+        &SubmitOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Wait until the first task is running.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.workers().await.unwrap().iter().all(|x| x.busy == 0) {
+        assert!(Instant::now() < deadline, "task never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.signal("-TERM");
+    let status = w.exit_within(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    let first = client::result(broker.as_ref(), &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.state, first.result),
+        (TaskState::Success, Some(json!(3000)))
+    );
+    // The one it had not started is back on the queue, not lost.
+    assert!(
+        client::result(broker.as_ref(), &ids[1])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let stats = broker.queue_stats("default").await.unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (1, 0), "{stats:?}");
+}
+
+/// Redis restarts (losing everything, as a cache-only Redis does): the
+/// worker reconnects with backoff and goes on consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_survives_a_redis_restart() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let prefix = "restart:";
+    let publisher = Publisher::new();
+    let cache = tempfile::tempdir().unwrap();
+    let broker = celeriac_broker::connect(&url, prefix).await.unwrap();
+    publisher.upload(broker.as_ref(), &["math"]).await;
+    let w = WorkerProcess::start(
+        &url,
+        prefix,
+        cache.path(),
+        &publisher.trust_dir(),
+        "phoenix",
+        &[],
+    );
+    w.ready(broker.as_ref()).await;
+
+    let add = |a: i64| TaskRequest {
+        task: "math.add".into(),
+        args: vec![json!(a), json!(1)],
+        kwargs: Default::default(),
+    };
+    let id = client::submit(broker.as_ref(), add(1), &SubmitOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        client::wait(broker.as_ref(), &id, Duration::from_secs(20))
+            .await
+            .unwrap()
+            .unwrap()
+            .result,
+        Some(json!(2))
+    );
+
+    let server = server.restart();
+    // Everything was lost with the old server: upload again, then submit.
+    let broker = celeriac_broker::connect(&url, prefix).await.unwrap();
+    publisher.upload(broker.as_ref(), &["math"]).await;
+    let id = client::submit(broker.as_ref(), add(41), &SubmitOptions::default())
+        .await
+        .unwrap();
+    let r = client::wait(broker.as_ref(), &id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(cache.path().join("phoenix.log")).unwrap_or_default();
+    let r = r.unwrap_or_else(|| panic!("no result after the restart; worker log:\n{log}"));
+    assert_eq!(
+        (r.state, r.result, r.worker.as_str()),
+        (TaskState::Success, Some(json!(42)), "phoenix")
+    );
+    drop(w);
+    drop(server);
+}
+
+/// `celeriac demo` runs the whole flow in one process, with no Redis.
+#[test]
+fn demo_needs_no_redis() {
+    let cache = tempfile::tempdir().unwrap();
+    crate::common::component("math");
+    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .current_dir(crate::common::workspace_root())
+        .args(["demo", "--tasks", "300"])
+        .env("CELERIAC_BROKER", "redis://127.0.0.1:1")
+        .env("CELERIAC_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("300 tasks in"), "{out}");
+    assert!(
+        out.contains("270 succeeded, 30 failed, 0 unfinished"),
+        "{out}"
+    );
+}
+
+/// Passwords in the URL authenticate, and never show in errors or logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_urls_authenticate_and_stay_secret() {
+    let server = PrivateRedis::start_with(&["--requirepass", "s3cret-pass"]);
+    let good = format!("redis://:s3cret-pass@127.0.0.1:{}", server.port);
+    let bad = format!("redis://:wrong-pass@127.0.0.1:{}", server.port);
+    let broker = celeriac_broker::connect(&good, "auth:").await.unwrap();
+    assert!(broker.queues().await.unwrap().is_empty());
+    assert!(
+        !broker.describe().contains("s3cret"),
+        "{}",
+        broker.describe()
+    );
+
+    let cache = tempfile::tempdir().unwrap();
+    let o = celeriac(&bad, "auth:", cache.path(), &["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot reach the broker at redis://:***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pass"), "{err}");
+    let o = celeriac(&good, "auth:", cache.path(), &["status"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// `rediss://`: TLS to a Redis whose certificate a private CA signed
+/// (trusted through CELERIAC_REDIS_CA), the full flow across processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_redis_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .current_dir(d)
+            .args(args)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            ok.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=celeriac test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+
+    let port = free_port();
+    let path = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let server = PrivateRedis::on_tls(
+        port,
+        &path("server.pem"),
+        &path("server.key"),
+        &path("ca.pem"),
+    );
+    let url = format!("rediss://localhost:{port}");
+    let ca = path("ca.pem");
+    // Everything over TLS goes through the real binary, with the CA in its
+    // environment (this process's environment is left alone).
+    let cache = tempfile::tempdir().unwrap();
+    let celeriac_tls = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            .args(args)
+            .env("CELERIAC_BROKER", &url)
+            .env("CELERIAC_PREFIX", "tls:")
+            .env("CELERIAC_CACHE_DIR", cache.path())
+            .env("CELERIAC_REDIS_CA", &ca)
+            .output()
+            .unwrap()
+    };
+    let publisher = Publisher::new();
+    let math = publisher.signed_file("math");
+    let trust = publisher.trust_dir();
+    let o = celeriac_tls(&[
+        "upload",
+        math.to_str().unwrap(),
+        "--trust",
+        trust.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut w = WorkerProcess::start_env(
+        &url,
+        "tls:",
+        cache.path(),
+        &trust,
+        "tls-w",
+        &[],
+        &[("CELERIAC_REDIS_CA", &ca)],
+    );
+    let o = celeriac_tls(&[
+        "submit",
+        "math.add",
+        "[40, 2]",
+        "--wait",
+        "--wait-timeout",
+        "60s",
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "42\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without the CA the certificate is refused, with a clear error.
+    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .args(["status"])
+        .env("CELERIAC_BROKER", &url)
+        .env_remove("CELERIAC_REDIS_CA")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    assert!(
+        stderr(&o).contains("cannot reach the broker at rediss://localhost"),
+        "{}",
+        stderr(&o)
+    );
+    w.signal("-TERM");
+    w.exit_within(Duration::from_secs(10)).await;
+    drop(server);
+}
