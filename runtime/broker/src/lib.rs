@@ -10,6 +10,7 @@ mod memory;
 mod redis;
 pub mod registry;
 mod results_pubsub;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -459,6 +460,25 @@ pub async fn connect(url: &str, prefix: &str) -> BrokerResult<Arc<dyn Broker>> {
         url: redact(url),
         reason: "expected redis://, rediss:// or memory://".into(),
     })
+}
+
+/// Connect as [`connect`] does, waiting out a broker that is down (a worker
+/// started before Redis, or during a restart, simply begins once it
+/// answers). A URL that can never work fails at once; `Ok(None)` when
+/// `stop` is cancelled first.
+pub async fn connect_with_retry(
+    url: &str,
+    prefix: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> BrokerResult<Option<Arc<dyn Broker>>> {
+    let what = format!("broker {} unreachable", redact(url));
+    retry::until_ok(
+        &what,
+        stop,
+        |e| !matches!(e, BrokerError::Url { .. }),
+        || connect(url, prefix),
+    )
+    .await
 }
 
 /// A URL with any password replaced by `***`, safe for logs and errors.

@@ -1167,7 +1167,7 @@ impl Broker for RedisBroker {
         let deadline = tokio::time::Instant::now() + timeout;
         let key = self.result_key(task_id);
         let mut latest = None;
-        let mut failures = 0u32;
+        let mut reconnect = crate::retry::Reconnect::new();
         // Subscribe first, then read: a result written in between is seen
         // by one or the other. Redis going away (a restart) is waited out
         // until the deadline, resubscribing when it is back.
@@ -1187,7 +1187,7 @@ impl Broker for RedisBroker {
                     latest = Some(json);
                 }
                 // Connected: a later failure starts its backoff afresh.
-                failures = 0;
+                reconnect.succeeded();
                 while let Some(json) = sub.rx.recv().await {
                     let done = state_of(&json).is_some_and(|s| s.is_final());
                     latest = Some(json);
@@ -1202,8 +1202,7 @@ impl Broker for RedisBroker {
                 Ok(Ok(Some(done))) => return Ok(Some(done)),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) if e.is_transient() => {
-                    failures += 1;
-                    let wait = Duration::from_millis(50u64 << failures.min(4));
+                    let wait = reconnect.failed();
                     tracing::debug!(error = %e, retry_in = ?wait, "waiting for a result: broker unreachable");
                     if tokio::time::Instant::now() + wait >= deadline {
                         return Err(e);

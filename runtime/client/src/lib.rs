@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use serde_json::value::to_raw_value;
 use serde_json::{Map, Value};
 
 use celeriac_broker::{Broker, BrokerError, ModuleInfo, Outgoing};
@@ -31,6 +32,9 @@ pub enum ClientError {
     Broker(#[from] BrokerError),
     #[error("stored result is not a valid record: {0}")]
     CorruptResult(String),
+    /// Arguments that do not serialize as JSON (a map with non-string keys).
+    #[error("arguments are not JSON: {0}")]
+    Arguments(#[from] serde_json::Error),
 }
 
 /// How to run a submitted task. Unset limits take the worker's defaults.
@@ -166,8 +170,8 @@ async fn enqueue(
             id: id.clone(),
             task: r.task,
             digest,
-            args: r.args,
-            kwargs: r.kwargs,
+            args: to_raw_value(&r.args)?,
+            kwargs: to_raw_value(&r.kwargs)?,
             queue: options.queue.clone(),
             retries: 0,
             max_retries: options.max_retries,
@@ -228,14 +232,9 @@ fn split(task: &str) -> Result<(&str, &str), ClientError> {
         .ok_or_else(|| ClientError::TaskName(task.to_string()))
 }
 
-/// Queue names become Redis keys and hash tags: keep them plain.
+/// A queue name a producer may use (see [`message::valid_queue_name`]).
 pub fn validate_queue(name: &str) -> Result<(), ClientError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if message::valid_queue_name(name) {
         Ok(())
     } else {
         Err(ClientError::QueueName(name.to_string()))

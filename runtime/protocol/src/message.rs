@@ -1,7 +1,8 @@
 //! The task message: the only thing that crosses the queue, as JSON.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::Digest;
 
@@ -22,7 +23,12 @@ pub struct MessageLimits {
 }
 
 /// One task invocation on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `args` and `kwargs` are kept as the JSON text the producer sent: a
+/// worker hands them to the guest as text, so parsing them into values and
+/// printing them again would be work for nothing (checked to be an array
+/// and an object by [`TaskMessage::parse`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskMessage {
     pub v: u32,
     /// Task id (UUID), also the result key.
@@ -31,10 +37,12 @@ pub struct TaskMessage {
     pub task: String,
     /// The component the producer resolved: workers run exactly this.
     pub digest: Digest,
-    #[serde(default)]
-    pub args: Vec<Value>,
-    #[serde(default)]
-    pub kwargs: Map<String, Value>,
+    /// A JSON array.
+    #[serde(default = "empty_array")]
+    pub args: Box<RawValue>,
+    /// A JSON object.
+    #[serde(default = "empty_object")]
+    pub kwargs: Box<RawValue>,
     pub queue: String,
     #[serde(default)]
     pub retries: u32,
@@ -56,6 +64,19 @@ pub struct TaskMessage {
     /// Unix milliseconds.
     #[serde(default)]
     pub submitted_at: u64,
+}
+
+fn empty_array() -> Box<RawValue> {
+    raw("[]")
+}
+
+fn empty_object() -> Box<RawValue> {
+    raw("{}")
+}
+
+/// Raw JSON from text known to be valid.
+fn raw(json: &'static str) -> Box<RawValue> {
+    RawValue::from_string(json.to_string()).unwrap_or_else(|_| unreachable!("{json} is JSON"))
 }
 
 /// Bounds on what a producer may ask for. Anything past them is refused
@@ -153,6 +174,7 @@ impl TaskMessage {
             ));
         }
         msg.split_task()?;
+        msg.check_call_shape()?;
         msg.validate(now_ms)?;
         Ok(msg)
     }
@@ -187,6 +209,23 @@ impl TaskMessage {
         Ok(())
     }
 
+    /// `args` is a JSON array and `kwargs` an object (they arrive as raw
+    /// text, so serde has not looked inside them).
+    fn check_call_shape(&self) -> Result<(), MessageError> {
+        let shape = |what: &str, raw: &RawValue, open: char, expected: &str| {
+            if raw.get().starts_with(open) {
+                Ok(())
+            } else {
+                Err(MessageError::Malformed(format!(
+                    "{what} must be {expected}, got `{}`",
+                    crate::text::clip(raw.get(), 64)
+                )))
+            }
+        };
+        shape("args", &self.args, '[', "a JSON array")?;
+        shape("kwargs", &self.kwargs, '{', "a JSON object")
+    }
+
     /// `(module, name)` of `module.task`.
     pub fn split_task(&self) -> Result<(&str, &str), MessageError> {
         self.task
@@ -200,6 +239,16 @@ impl TaskMessage {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// Queue names become Redis keys and hash tags: letters, digits, `_`, `-`
+/// and `.`, 1 to 64 of them.
+pub fn valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// A fresh task id (a random UUID).
@@ -242,6 +291,35 @@ mod tests {
         let mut bad = ok.clone();
         bad["digest"] = "md5:1".into();
         assert!(parse(&bad.to_string()).is_err());
+        for (field, value, says) in [
+            (
+                "args",
+                serde_json::json!({"a": 1}),
+                "args must be a JSON array",
+            ),
+            ("args", Value::Null, "args must be a JSON array"),
+            (
+                "kwargs",
+                serde_json::json!([1]),
+                "kwargs must be a JSON object",
+            ),
+        ] {
+            let mut bad = ok.clone();
+            bad[field] = value;
+            let err = parse(&bad.to_string()).unwrap_err();
+            assert!(
+                matches!(&err, MessageError::Malformed(m) if m.starts_with(says)),
+                "{field}: {err}"
+            );
+        }
+        // Absent ones are empty; raw text goes back out as it came.
+        let mut bare = ok.clone();
+        bare.as_object_mut().unwrap().remove("args");
+        let m = parse(&bare.to_string()).unwrap();
+        assert_eq!((m.args.get(), m.kwargs.get()), ("[]", "{}"));
+        let m = parse(r#"{"v":1,"id":"a","task":"m.t","queue":"q","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","args":[1, {"x" : 2.50}]}"#).unwrap();
+        assert_eq!(m.args.get(), r#"[1, {"x" : 2.50}]"#);
+        assert!(m.to_json().contains(r#""args":[1, {"x" : 2.50}]"#));
         let mut bad = ok;
         bad["v"] = 9.into();
         assert!(

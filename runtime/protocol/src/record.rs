@@ -36,14 +36,17 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
-/// The JSON record stored under `result:<id>`.
+/// The JSON record stored under `result:<id>`. `R` is how the result value
+/// is held: parsed ([`Value`], for readers) or as raw JSON text
+/// (`Box<RawValue>`, for the worker, which stores what the task returned
+/// without parsing it into a tree and printing it again).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResultRecord {
+pub struct ResultRecord<R = Value> {
     pub id: String,
     pub task: String,
     pub state: TaskState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<R>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
     pub retries: u32,
@@ -82,7 +85,7 @@ pub struct RecordLimits {
     pub memory: u64,
 }
 
-impl ResultRecord {
+impl<R: Serialize> ResultRecord<R> {
     pub fn to_json(&self) -> String {
         // A record holds only strings, numbers and JSON values.
         serde_json::to_string(self).unwrap_or_default()

@@ -129,26 +129,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::spawn(watch_signals(shutdown.clone()));
 
         // Wait for the broker rather than give up: a worker started before
-        // Redis (or during a restart) should simply begin once it answers.
-        let mut attempt = 0u32;
-        let broker = loop {
-            match celeriac_broker::connect(&args.broker.broker, &args.broker.prefix).await {
-                Ok(b) => break b,
-                Err(e @ celeriac_broker::BrokerError::Url { .. }) => return Err(e.into()),
-                Err(e) => {
-                    attempt += 1;
-                    let wait = Duration::from_millis((200 * u64::from(attempt)).min(5_000));
-                    tracing::warn!(broker = %celeriac_broker::redact(&args.broker.broker), error = %e, retry_in = ?wait, "broker unreachable");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => return Ok(ExitCode::SUCCESS),
-                    }
-                }
-            }
+        // Redis (or during a restart) simply begins once it answers.
+        let connected = celeriac_broker::connect_with_retry(
+            &args.broker.broker,
+            &args.broker.prefix,
+            &shutdown,
+        )
+        .await?;
+        let Some(broker) = connected else {
+            return Ok(ExitCode::SUCCESS);
         };
         let worker = Worker::new(broker, sandbox, trust, config);
         let summary = worker.run(shutdown).await;
-        tracing::info!(processed = summary.processed, handed_back = summary.requeued_on_shutdown, "worker stopped");
+        tracing::info!(
+            processed = summary.processed,
+            handed_back = summary.requeued_on_shutdown,
+            "worker stopped"
+        );
         Ok(ExitCode::SUCCESS)
     })
 }
