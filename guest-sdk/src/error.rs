@@ -1,3 +1,6 @@
+//! Task failures as a Rust task author returns them: [`Error`] with its
+//! kind (retry, fatal, invalid input) and an optional retry delay.
+
 use std::fmt;
 use std::time::Duration;
 

@@ -251,7 +251,7 @@ async fn run_all(
         cache_dir: None,
         ..SandboxConfig::default()
     })?;
-    let check = |b: &[u8]| checker.load(b).map(|_| ()).map_err(|e| e.to_string());
+    let check = |b: &[u8]| checker.check(b);
     for (module, path) in [
         ("math", wasm_dir.join("math.wasm")),
         ("text", wasm_dir.join("text.wasm")),

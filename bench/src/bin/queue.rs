@@ -53,7 +53,7 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
         ..SandboxConfig::default()
     })?);
     // Upload checks the component as the worker will load it.
-    let check = |b: &[u8]| sandbox.load(b).map(|_| ()).map_err(|e| e.to_string());
+    let check = |b: &[u8]| sandbox.check(b);
     celeriac_broker::registry::upload(
         broker.as_ref(),
         &math,

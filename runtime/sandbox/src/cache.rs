@@ -7,12 +7,17 @@
 //! effective user and not writable by group or others. A directory that
 //! fails this makes the sandbox refuse to start (one line naming the fix);
 //! a file that fails it is never deserialized, only recompiled and replaced.
+//!
+//! The cache is bounded by size: after each store, the least recently used
+//! artifacts (by modification time, which each load refreshes) go until
+//! the rest fit in `max_bytes`.
 
 use std::fs::{self, File, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use sha2::{Digest as _, Sha256};
 use wasmtime::Engine;
@@ -82,6 +87,8 @@ fn check_dir(path: &Path) -> Result<(), CacheError> {
 /// A directory of `<digest>.cwasm` files for one engine configuration.
 pub(crate) struct DiskCache {
     dir: PathBuf,
+    /// Bytes of artifacts kept at most.
+    max_bytes: u64,
 }
 
 impl DiskCache {
@@ -90,7 +97,7 @@ impl DiskCache {
     /// home): the host then compiles every time. An error when it exists
     /// but is not private to this user: that is a misconfiguration or an
     /// attack, and silently compiling would hide it.
-    pub fn open(root: &Path, engine: &Engine) -> Result<Option<Self>, CacheError> {
+    pub fn open(root: &Path, engine: &Engine, max_bytes: u64) -> Result<Option<Self>, CacheError> {
         let dir = root.join(engine_key(engine));
         for d in [root, dir.as_path()] {
             if let Err(e) = fs::DirBuilder::new().recursive(true).mode(0o700).create(d) {
@@ -99,7 +106,7 @@ impl DiskCache {
             }
             check_dir(d)?;
         }
-        Ok(Some(Self { dir }))
+        Ok(Some(Self { dir, max_bytes }))
     }
 
     fn path(&self, digest: &Digest) -> PathBuf {
@@ -124,7 +131,11 @@ impl DiskCache {
         // and `read_private`), so only this user's own `store` wrote it;
         // wasmtime checks it was produced by a compatible engine.
         match unsafe { Component::deserialize(engine, &bytes) } {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Used: the last to be evicted.
+                touch(&path);
+                Some(c)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component");
                 let _ = fs::remove_file(&path);
@@ -143,6 +154,72 @@ impl DiskCache {
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "could not write compile cache");
         }
+        self.evict(&path);
+    }
+
+    /// Delete the least recently used artifacts until the rest fit in
+    /// `max_bytes`, never `keep` (the one just written).
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let artifacts: Vec<Artifact> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                // Not followed: a symlink is never ours to count or keep.
+                let meta = e.path().symlink_metadata().ok()?;
+                meta.is_file().then(|| Artifact {
+                    path: e.path(),
+                    size: meta.len(),
+                    used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                })
+            })
+            .collect();
+        for path in to_evict(artifacts, self.max_bytes, keep) {
+            match fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "evicted from the compile cache"),
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "could not evict"),
+            }
+        }
+    }
+}
+
+/// A cached artifact as eviction sees it.
+#[derive(Debug, Clone)]
+struct Artifact {
+    path: PathBuf,
+    size: u64,
+    /// Last stored or loaded.
+    used: SystemTime,
+}
+
+/// Which artifacts to delete so the rest fit in `max_bytes`: least recently
+/// used first, never `keep`.
+fn to_evict(mut artifacts: Vec<Artifact>, max_bytes: u64, keep: &Path) -> Vec<PathBuf> {
+    let mut total: u64 = artifacts.iter().map(|a| a.size).sum();
+    artifacts.sort_by_key(|a| a.used);
+    let mut out = Vec::new();
+    for a in artifacts {
+        if total <= max_bytes {
+            break;
+        }
+        if a.path != keep {
+            total -= a.size;
+            out.push(a.path);
+        }
+    }
+    out
+}
+
+/// Mark a cache file as just used (its modification time is the LRU clock).
+fn touch(path: &Path) {
+    if let Ok(f) = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        let _ = f.set_modified(SystemTime::now());
     }
 }
 
@@ -285,7 +362,7 @@ mod tests {
         let engine = super::super::engine::build_engine(1, true).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("cache");
-        assert!(DiskCache::open(&root, &engine).unwrap().is_some());
+        assert!(DiskCache::open(&root, &engine, u64::MAX).unwrap().is_some());
         let engine_dir = root.join(engine_key(&engine));
         assert_eq!(
             fs::metadata(&engine_dir).unwrap().permissions().mode() & 0o777,
@@ -293,13 +370,13 @@ mod tests {
         );
         fs::set_permissions(&engine_dir, fs::Permissions::from_mode(0o770)).unwrap();
         assert!(matches!(
-            DiskCache::open(&root, &engine),
+            DiskCache::open(&root, &engine, u64::MAX),
             Err(CacheError::Writable { who: "group", .. })
         ));
         fs::set_permissions(&engine_dir, fs::Permissions::from_mode(0o700)).unwrap();
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(
-            DiskCache::open(&root, &engine),
+            DiskCache::open(&root, &engine, u64::MAX),
             Err(CacheError::Writable {
                 who: "group and others",
                 ..
@@ -308,7 +385,7 @@ mod tests {
         // A file where the root should be: no cache, nothing trusted.
         let file = tmp.path().join("file");
         fs::write(&file, b"").unwrap();
-        assert!(DiskCache::open(&file, &engine).unwrap().is_none());
+        assert!(DiskCache::open(&file, &engine, u64::MAX).unwrap().is_none());
     }
 
     #[test]
@@ -327,5 +404,53 @@ mod tests {
             read_private(&real),
             Err(CacheError::Writable { .. })
         ));
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_until_the_rest_fit() {
+        let t = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let a = |name: &str, size, used| Artifact {
+            path: PathBuf::from(name),
+            size,
+            used: t(used),
+        };
+        let all = vec![a("new", 40, 30), a("old", 40, 10), a("mid", 40, 20)];
+        // Fits: nothing goes.
+        assert!(to_evict(all.clone(), 120, Path::new("new")).is_empty());
+        // Oldest first, only as many as needed.
+        assert_eq!(
+            to_evict(all.clone(), 100, Path::new("new")),
+            vec![PathBuf::from("old")]
+        );
+        assert_eq!(
+            to_evict(all.clone(), 40, Path::new("new")),
+            vec![PathBuf::from("old"), PathBuf::from("mid")]
+        );
+        // The one just stored stays even if it alone is over the bound.
+        assert_eq!(to_evict(all, 0, Path::new("old")).len(), 2);
+    }
+
+    #[test]
+    fn the_store_keeps_within_its_bound() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("c");
+        let engine = Engine::default();
+        // The empty component, in binary (no `wat` feature here).
+        let component = Component::new(&engine, b"\0asm\x0d\0\x01\0").unwrap();
+        let size = component.serialize().unwrap().len() as u64;
+        let cache = DiskCache::open(&root, &engine, size * 2).unwrap().unwrap();
+        let digests: Vec<Digest> = (0u8..4).map(|n| Digest::of(&[n])).collect();
+        for d in &digests[..2] {
+            cache.store(d, &component);
+        }
+        // Used since: the second stored is now the least recent.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(cache.load(&engine, &digests[0]).is_some());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        cache.store(&digests[2], &component);
+        let kept = |d: &Digest| cache.path(d).exists();
+        assert!(kept(&digests[0]) && !kept(&digests[1]) && kept(&digests[2]));
+        cache.store(&digests[3], &component);
+        assert_eq!(digests.iter().filter(|d| kept(d)).count(), 2);
     }
 }

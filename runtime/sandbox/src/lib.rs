@@ -50,6 +50,9 @@ pub struct SandboxConfig {
     pub fuel: bool,
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of compiled components the disk cache keeps at most; the
+    /// least recently used go first.
+    pub cache_max_bytes: u64,
     /// Compiled components kept in memory.
     pub loaded_capacity: usize,
     /// Bytes of stdout and of stderr kept per task.
@@ -58,12 +61,19 @@ pub struct SandboxConfig {
     pub log_cap: usize,
 }
 
+impl SandboxConfig {
+    /// A Python or JavaScript component compiles to tens of MiB, a Rust
+    /// one to about one: room for dozens of modules and their versions.
+    pub const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
+}
+
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             concurrency: 4,
             fuel: true,
             cache_dir: default_cache_root(),
+            cache_max_bytes: Self::DEFAULT_CACHE_MAX_BYTES,
             loaded_capacity: 64,
             output_cap: 64 << 10,
             log_cap: 256 << 10,
@@ -144,7 +154,7 @@ impl Sandbox {
         Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let disk = match config.cache_dir.as_deref() {
-            Some(root) => DiskCache::open(root, &engine)?,
+            Some(root) => DiskCache::open(root, &engine, config.cache_max_bytes)?,
             None => None,
         };
         let capacity =
@@ -198,6 +208,19 @@ impl Sandbox {
         });
         self.lock_loaded().put(digest, loaded.clone());
         Ok((loaded, origin))
+    }
+
+    /// Whether `bytes` are a component this host can run (compiled, linked
+    /// against what the host offers, checked against the contract): the
+    /// check an upload makes, so whatever uploads also runs. The error is
+    /// one line naming why not.
+    pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
+        self.load(bytes).map(|_| ()).map_err(|e| {
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, LruCache<Digest, Arc<LoadedComponent>>> {

@@ -1,10 +1,11 @@
 //! Components a worker has fetched, verified and compiled, by digest and
 //! the module a message asks for. Each is fetched and compiled once however
-//! many tasks ask at once; a refusal is remembered for a while, so a flood
-//! of messages pinning a refused component costs one check, not one fetch
-//! each.
+//! many tasks ask at once; at most the sandbox's `loaded_capacity` are
+//! kept, the least recently used dropped first (one bound for both caches:
+//! a dropped one is fetched, verified and loaded again when next asked
+//! for). A refusal is remembered for a while, so a flood of messages
+//! pinning a refused component costs one check, not one fetch each.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,17 +44,19 @@ pub(super) struct ComponentCache {
     broker: Arc<dyn Broker>,
     sandbox: Arc<Sandbox>,
     trust: TrustStore,
-    cells: Mutex<HashMap<Key, Arc<OnceCell<Arc<Ready>>>>>,
+    cells: Mutex<LruCache<Key, Arc<OnceCell<Arc<Ready>>>>>,
     refusals: Mutex<Refusals>,
 }
 
 impl ComponentCache {
     pub fn new(broker: Arc<dyn Broker>, sandbox: Arc<Sandbox>, trust: TrustStore) -> Self {
+        let capacity =
+            NonZeroUsize::new(sandbox.config().loaded_capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
             broker,
             sandbox,
             trust,
-            cells: Mutex::new(HashMap::new()),
+            cells: Mutex::new(LruCache::new(capacity)),
             refusals: Mutex::new(Refusals::new(REFUSAL_TTL, REFUSAL_CAP)),
         }
     }
@@ -64,7 +67,10 @@ impl ComponentCache {
         if let Some(reason) = self.refused(&key) {
             return Err(LoadError::Refused(reason));
         }
-        let cell = self.lock_cells().entry(key.clone()).or_default().clone();
+        let cell = self
+            .lock_cells()
+            .get_or_insert(key.clone(), Default::default)
+            .clone();
         let result = cell
             .get_or_try_init(|| async {
                 // Tasks that waited behind a refused load see the refusal
@@ -85,10 +91,10 @@ impl ComponentCache {
             // of bad messages must not pile up.
             let mut cells = self.lock_cells();
             if cells
-                .get(&key)
+                .peek(&key)
                 .is_some_and(|c| Arc::ptr_eq(c, &cell) && !c.initialized())
             {
-                cells.remove(&key);
+                cells.pop(&key);
             }
         }
         result
@@ -98,7 +104,12 @@ impl ComponentCache {
         self.lock_refusals().get(key, Instant::now())
     }
 
-    fn lock_cells(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<OnceCell<Arc<Ready>>>>> {
+    /// How many components are kept (ready or loading).
+    pub fn len(&self) -> usize {
+        self.lock_cells().len()
+    }
+
+    fn lock_cells(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Arc<OnceCell<Arc<Ready>>>>> {
         // A plain map: nothing a panic could leave half-updated.
         self.cells.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -99,6 +99,12 @@ impl Worker {
         &self.config.id
     }
 
+    /// Components this worker keeps compiled (at most the sandbox's
+    /// `loaded_capacity`).
+    pub fn cached_components(&self) -> usize {
+        self.components.len()
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,3 +1,6 @@
+//! `celeriac components`: the uploaded modules, their digests, signers,
+//! sizes and upload times.
+
 use std::process::ExitCode;
 
 use crate::common::{BrokerArgs, time};

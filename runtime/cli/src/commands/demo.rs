@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ..SandboxConfig::default()
         })?);
         // Upload checks each component as the worker will load it.
-        let check = |b: &[u8]| sandbox.load(b).map(|_| ()).map_err(|e| e.to_string());
+        let check = |b: &[u8]| sandbox.check(b);
         for (path, module) in [(&math, "math"), (&text, "text")] {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let sig = sign_component(&bytes, &key, module)?;

@@ -1,3 +1,5 @@
+//! `celeriac dlq list|requeue|purge`: the dead letters of a queue.
+
 use std::process::ExitCode;
 
 use crate::common::{BrokerArgs, time};

@@ -1,3 +1,5 @@
+//! `celeriac keygen`: a new ed25519 key pair, NAME.key (0600) and NAME.pub.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

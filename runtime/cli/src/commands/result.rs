@@ -1,3 +1,5 @@
+//! `celeriac result ID [--wait]`: a task's result record as JSON.
+
 use std::process::ExitCode;
 use std::time::Duration;
 

@@ -1,3 +1,6 @@
+//! `celeriac run`: one task of a local component in the sandbox, no
+//! broker; prints the result or the one-line cause.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,3 +1,6 @@
+//! `celeriac sign`: sign a component with a private key, writing
+//! COMPONENT.sig.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

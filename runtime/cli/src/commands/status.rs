@@ -1,3 +1,6 @@
+//! `celeriac status`: queue depths (ready, delayed, in flight, dead) and
+//! live workers with their health.
+
 use std::process::ExitCode;
 
 use serde_json::json;

@@ -1,3 +1,6 @@
+//! `celeriac submit`: queue one task with its options; prints its id, or
+//! with `--wait` its result.
+
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 

@@ -70,12 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         concurrency: 1,
         ..SandboxConfig::default()
     })?;
-    let check = |bytes: &[u8]| {
-        sandbox
-            .load(bytes)
-            .map(|_| ())
-            .map_err(|e| one_line(&e.to_string()))
-    };
+    let check = |bytes: &[u8]| sandbox.check(bytes);
     let options = UploadOptions {
         max_size,
         allow_downgrade: args.allow_downgrade,

@@ -1,3 +1,6 @@
+//! `celeriac verify`: check a component's signature against a trust
+//! directory.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -1,3 +1,6 @@
+//! `celeriac worker`: flags to a [`WorkerConfig`] and a sandbox, then run
+//! until SIGTERM / Ctrl-C.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +75,14 @@ pub struct Args {
     /// Record STARTED when a task starts (one more Redis write per task).
     #[arg(long)]
     track_started: bool,
+    /// Compiled components kept in memory; the least recently used are
+    /// dropped (and fetched, verified and loaded again when next needed).
+    #[arg(long, value_name = "N", default_value_t = SandboxConfig::default().loaded_capacity)]
+    max_components: usize,
+    /// Size of the on-disk compile cache (CELERIAC_CACHE_DIR); the least
+    /// recently used artifacts are evicted past it.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "CELERIAC_CACHE_MAX_SIZE", default_value = "1GiB")]
+    cache_max_size: u64,
     /// Worker id (default host-pid-random).
     #[arg(long)]
     id: Option<String>,
@@ -93,8 +104,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let trust = TrustStore::load(&args.trust)?;
     let concurrency = args.concurrency.max(1);
+    if args.max_components == 0 {
+        anyhow::bail!("--max-components must be at least 1");
+    }
     let sandbox = Arc::new(Sandbox::new(SandboxConfig {
         concurrency,
+        loaded_capacity: args.max_components,
+        cache_max_bytes: args.cache_max_size,
         ..SandboxConfig::default()
     })?);
     let config = WorkerConfig {
