@@ -13,7 +13,6 @@ mod engine;
 mod host;
 mod limits;
 mod outcome;
-mod output;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -464,7 +463,7 @@ fn classify(
     e: &wasmtime::Error,
     state: &HostState,
     limits: &Limits,
-    stderr: &output::Captured,
+    stderr: &host::output::Captured,
     fuel_consumed: Option<u64>,
 ) -> TaskError {
     if e.downcast_ref::<HardLimit>().is_some() {
@@ -479,7 +478,9 @@ fn classify(
             limit: limits.memory,
         };
     }
-    classify_error(e, limits, fuel_consumed, || output::panic_message(stderr))
+    classify_error(e, limits, fuel_consumed, || {
+        host::output::panic_message(stderr)
+    })
 }
 
 /// [`classify`] once the host's own findings (time, memory) are ruled out.
@@ -506,7 +507,7 @@ fn classify_error(
                 Trap::UnreachableCodeReached => "unreachable instruction executed".to_string(),
                 Trap::MemoryOutOfBounds => "out-of-bounds memory access".to_string(),
                 Trap::IntegerDivisionByZero => "integer division by zero".to_string(),
-                other => output::quote(&other.to_string()),
+                other => host::output::quote(&other.to_string()),
             };
             // Anything on stderr is the guest's word (a guest can print a
             // fake panic line): quoted as such, after the host's finding.
@@ -540,12 +541,12 @@ fn chain_line(e: &wasmtime::Error) -> String {
 /// wasm backtrace wasmtime attaches as context.
 fn error_line(e: &wasmtime::Error) -> String {
     let root = e.root_cause().to_string();
-    output::quote(root.lines().find(|l| !l.trim().is_empty()).unwrap_or(&root))
+    host::output::quote(root.lines().find(|l| !l.trim().is_empty()).unwrap_or(&root))
 }
 
 /// Hand captured guest output to the log, line by line: the head, a note
 /// of what was dropped, then the tail.
-fn emit_output(stream: &str, task_id: &str, captured: &output::Captured) {
+fn emit_output(stream: &str, task_id: &str, captured: &host::output::Captured) {
     for line in String::from_utf8_lossy(&captured.bytes).lines() {
         tracing::info!(target: "guest", task_id, stream, "{line}");
     }

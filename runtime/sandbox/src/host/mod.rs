@@ -1,0 +1,96 @@
+//! Per-task host state: what the guest's imports see and what the limits
+//! track, including the host work (bytes moved by host calls) that the
+//! sandbox charges to the task's fuel. A fresh one is built for every task,
+//! so nothing leaks between tasks.
+//!
+//! One module per capability the host offers a guest, each with its own
+//! limits and tests (the next capabilities, HTTP, configuration and
+//! key-value, go in beside them):
+//! - [`context`]: the contract's own imports: log, task info, should-stop,
+//!   progress;
+//! - [`wasi`]: the WASI context guest toolchains import, granting nothing
+//!   but metered randomness and captured output;
+//! - [`output`]: stdout / stderr, capped and kept for the log;
+//! - [`memory`]: the task's memory limit across all its memories.
+
+pub(crate) mod context;
+pub(crate) mod memory;
+pub(crate) mod output;
+pub(crate) mod wasi;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::WasiCtx;
+
+pub(crate) use memory::MemoryLimiter;
+use output::CappedPipe;
+
+/// Everything one task's store holds.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub task: TaskContext,
+    pub stdout: CappedPipe,
+    pub stderr: CappedPipe,
+    log_budget: usize,
+    logs_dropped: u64,
+    logs_truncated: u64,
+    pub progress: Option<(u64, u64)>,
+    /// Bytes host calls produced or took for the guest since the last
+    /// charge (random bytes, output, log lines); see [`HostState::take_host_work`].
+    host_work: Arc<AtomicU64>,
+    /// Host calls in progress (an import, and libcalls of wasm the host
+    /// calls back into while serving it); host work is charged at zero.
+    pub host_depth: u32,
+}
+
+/// The running task as the guest sees it through `context.info`.
+pub(crate) struct TaskContext {
+    pub id: String,
+    pub module: String,
+    pub name: String,
+    pub retries: u32,
+    pub max_retries: u32,
+    pub soft_deadline: Option<Instant>,
+    pub hard_deadline: Instant,
+}
+
+impl HostState {
+    pub fn new(task: TaskContext, memory_limit: u64, output_cap: usize, log_cap: usize) -> Self {
+        let host_work = Arc::new(AtomicU64::new(0));
+        let stdout = CappedPipe::new(output_cap, host_work.clone());
+        let stderr = CappedPipe::new(output_cap, host_work.clone());
+        let wasi = wasi::context(&stdout, &stderr, &host_work);
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(memory_limit),
+            task,
+            stdout,
+            stderr,
+            log_budget: log_cap,
+            logs_dropped: 0,
+            logs_truncated: 0,
+            progress: None,
+            host_work,
+            host_depth: 0,
+        }
+    }
+
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs_dropped
+    }
+
+    pub fn logs_truncated(&self) -> u64 {
+        self.logs_truncated
+    }
+
+    /// Host work done since the last call, in bytes, and reset the count.
+    pub fn take_host_work(&self) -> u64 {
+        self.host_work.swap(0, Ordering::Relaxed)
+    }
+}
