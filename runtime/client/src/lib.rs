@@ -222,6 +222,42 @@ pub async fn wait(
         .transpose()
 }
 
+/// Wait until every task in `ids` has a final record or `timeout` passes;
+/// returns the records in the order of `ids` (`None` for those unfinished),
+/// calling `on_final` with the index of each as it finishes (progress bars).
+/// Polls the store, a round trip per unfinished task per pass, so it suits
+/// batches (the demo, scripts) rather than one latency-critical task (use
+/// [`wait`] for that: it is pushed the result).
+pub async fn wait_all(
+    broker: &dyn Broker,
+    ids: &[String],
+    timeout: Duration,
+    mut on_final: impl FnMut(usize, &ResultRecord),
+) -> Result<Vec<Option<ResultRecord>>, ClientError> {
+    const PASS_GAP: Duration = Duration::from_millis(20);
+    let deadline = std::time::Instant::now() + timeout;
+    let mut records = vec![None; ids.len()];
+    let mut pending: Vec<usize> = (0..ids.len()).collect();
+    while !pending.is_empty() {
+        let mut still = Vec::with_capacity(pending.len());
+        for i in pending {
+            match result(broker, &ids[i]).await? {
+                Some(r) if r.state.is_final() => {
+                    on_final(i, &r);
+                    records[i] = Some(r);
+                }
+                _ => still.push(i),
+            }
+        }
+        pending = still;
+        if pending.is_empty() || std::time::Instant::now() + PASS_GAP >= deadline {
+            break;
+        }
+        tokio::time::sleep(PASS_GAP).await;
+    }
+    Ok(records)
+}
+
 fn parse_record(json: &str) -> Result<ResultRecord, ClientError> {
     serde_json::from_str(json).map_err(|e| ClientError::CorruptResult(e.to_string()))
 }

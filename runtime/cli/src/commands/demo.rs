@@ -77,25 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
         let bar = ProgressBar::new(ids.len() as u64);
         bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} tasks  {per_sec}  {elapsed}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-        let mut pending: Vec<usize> = (0..ids.len()).collect();
-        let mut records = vec![None; ids.len()];
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !pending.is_empty() && Instant::now() < deadline {
-            let mut still = Vec::with_capacity(pending.len());
-            for i in pending {
-                match celeriac_client::result(broker.as_ref(), &ids[i]).await? {
-                    Some(r) if r.state.is_final() => {
-                        records[i] = Some(r);
-                        bar.inc(1);
-                    }
-                    _ => still.push(i),
-                }
-            }
-            pending = still;
-            if !pending.is_empty() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let records = celeriac_client::wait_all(broker.as_ref(), &ids, Duration::from_secs(120), |_, _| bar.inc(1)).await?;
         bar.finish();
         let elapsed = started.elapsed();
         shutdown.cancel();
