@@ -1,9 +1,10 @@
 //! Celeriac's end-to-end tests, one binary with a module per feature (one
 //! link of wasmtime instead of one per file). Every test talks to a real
 //! Redis (`CELERIAC_TEST_REDIS`, default the local one) under its own key
-//! prefix and runs real components built from `tasks/`.
+//! prefix and runs real components built from `tasks/`; what the modules
+//! share is in `support`.
 
-mod common;
+mod support;
 
 mod cli;
 mod hardening;
