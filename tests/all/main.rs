@@ -8,6 +8,7 @@ mod support;
 
 mod cli;
 mod hardening;
+mod harness;
 mod polyglot;
 mod queue;
 mod registry;

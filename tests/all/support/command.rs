@@ -4,7 +4,7 @@
 //! only what the test sets. [`WorkerProcess`] (a background `celeriac
 //! worker`) is built on it; [`Outcome`] reads what a finished run printed.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -114,6 +114,15 @@ impl TestCommand {
         self.spawn()
             .wait_with_output()
             .unwrap_or_else(|e| panic!("wait for {:?}: {e}", self.cmd))
+    }
+
+    /// The variables set for (or removed from) the child, for tests of
+    /// this helper.
+    pub fn environment(&self) -> Vec<(OsString, Option<OsString>)> {
+        self.cmd
+            .get_envs()
+            .map(|(k, v)| (k.to_os_string(), v.map(OsStr::to_os_string)))
+            .collect()
     }
 }
 
