@@ -6,6 +6,7 @@
 
 mod support;
 
+mod broker;
 mod cli;
 mod hardening;
 mod harness;
