@@ -193,15 +193,19 @@ async fn countdown_waits_in_redis_and_survives_restarts() {
     let stats = b.queue_stats("default").await.unwrap();
     assert_eq!((stats.delayed, stats.ready), (1, 0));
 
-    // A worker comes (up and beating) and goes before the task is due.
+    // A worker comes and goes before the task is due: it has been running
+    // (its keeper promoting what is due) for a heartbeat interval, i.e.
+    // its heartbeat has been renewed once.
     let first = f.worker(quick_config("early"));
+    let beat = async || {
+        let workers = b.workers().await.expect("list workers");
+        workers.iter().find(|w| w.id == "early").map(|w| w.seen_at)
+    };
+    let since = wait_for("worker early's heartbeat", Duration::from_secs(10), beat).await;
     wait_for(
-        "worker early's heartbeat",
+        "worker early's second heartbeat",
         Duration::from_secs(10),
-        async || {
-            let workers = b.workers().await.expect("list workers");
-            workers.iter().any(|w| w.id == "early")
-        },
+        async || beat().await.filter(|&at| at > since),
     )
     .await;
     let summary = first.stop().await;
