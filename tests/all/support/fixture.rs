@@ -107,14 +107,8 @@ impl Fixture {
     /// A `celeriac worker` process on this test's broker, trusting the
     /// publisher.
     pub fn worker_process(&self, id: &str, extra: &[&str]) -> WorkerProcess {
-        self.worker_process_from(self.cli(), id, extra)
-    }
-
-    /// As [`Fixture::worker_process`], from a command the test prepared
-    /// (e.g. with more settings in its environment).
-    pub fn worker_process_from(&self, cli: TestCommand, id: &str, extra: &[&str]) -> WorkerProcess {
         WorkerProcess::start(
-            cli,
+            self.cli(),
             &self.publisher.trust_dir(),
             id,
             self.cache_dir(),
