@@ -2,9 +2,11 @@
 //! run and inspect, with exit codes and one-line causes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Output, Stdio};
 
 use tempfile::TempDir;
+
+use crate::support::{Outcome, TestCommand, component, workspace_root};
 
 /// A scratch directory with its own compile cache, so tests do not touch
 /// the user's.
@@ -15,7 +17,7 @@ struct Scratch {
 impl Scratch {
     fn new() -> Self {
         Self {
-            dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().expect("a scratch directory"),
         }
     }
 
@@ -23,65 +25,49 @@ impl Scratch {
         self.dir.path().join(p)
     }
 
+    /// `celeriac` with this scratch directory's compile cache.
+    fn command(&self) -> TestCommand {
+        let mut command = TestCommand::new();
+        command.cache(&self.path("cache"));
+        command
+    }
+
     fn celeriac(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args(args)
-            .env("CELERIAC_CACHE_DIR", self.path("cache"))
-            .env_remove("CELERIAC_TRUST")
-            .env_remove("CELERIAC_LOG")
-            .output()
-            .expect("run celeriac")
+        self.command().args(args).output()
     }
 
     /// Copy a built example component in, under `file_name`.
     fn component(&self, example: &str, file_name: &str) -> String {
         let dest = self.path(file_name);
-        std::fs::copy(crate::common::component(example), &dest).unwrap();
+        std::fs::copy(component(example), &dest).expect("copy the example component");
         dest.to_string_lossy().into_owned()
     }
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// The cause line: the last line on stderr.
-fn cause(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
+/// The exit code of a run that exited (not killed by a signal).
 fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited normally")
+    o.code().expect("exited normally")
 }
 
 #[test]
 fn build_then_run_prints_the_result() {
     let s = Scratch::new();
-    crate::common::component("math"); // make sure nothing else is compiling it concurrently
-    let math_dir = crate::common::workspace_root().join("tasks/math");
+    component("math"); // make sure nothing else is compiling it concurrently
+    let math_dir = workspace_root().join("tasks/math");
     let built = s.celeriac(&["build", math_dir.to_str().unwrap()]);
-    assert_eq!(
-        code(&built),
-        0,
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let wasm = stdout(&built).trim().to_string();
+    assert_eq!(code(&built), 0, "{}", built.stderr_text());
+    let wasm = built.stdout_text().trim().to_string();
     assert!(
         wasm.ends_with("math.wasm") && Path::new(&wasm).is_file(),
         "{wasm}"
     );
 
     let ran = s.celeriac(&["run", &wasm, "math.add", "[2, 3]"]);
-    assert_eq!(code(&ran), 0, "{}", String::from_utf8_lossy(&ran.stderr));
-    assert_eq!(stdout(&ran), "5\n");
+    assert_eq!(code(&ran), 0, "{}", ran.stderr_text());
+    assert_eq!(ran.stdout_text(), "5\n");
     // The bare task name works too, and kwargs bind by name.
     let ran = s.celeriac(&["run", &wasm, "mul", "[6]", "--kwargs", r#"{"b": 7}"#]);
-    assert_eq!(stdout(&ran), "42\n");
+    assert_eq!(ran.stdout_text(), "42\n");
 }
 
 #[test]
@@ -91,9 +77,9 @@ fn build_explains_what_it_cannot_build() {
     let o = s.celeriac(&["build", s.path("empty").to_str().unwrap()]);
     assert_eq!(code(&o), 2);
     assert!(
-        cause(&o).contains("don't know how to build"),
+        o.cause().contains("don't know how to build"),
         "{}",
-        cause(&o)
+        o.cause()
     );
 }
 
@@ -158,27 +144,22 @@ fn run_names_each_cause_in_one_line() {
     ];
     for (args, expected) in cases {
         let o = s.celeriac(args);
-        assert_eq!(
-            code(&o),
-            1,
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert_eq!(&cause(&o), expected, "{args:?}");
+        assert_eq!(code(&o), 1, "{args:?}: {}", o.stderr_text());
+        assert_eq!(&o.cause(), expected, "{args:?}");
         assert!(o.stdout.is_empty(), "{args:?} printed a result");
     }
     let o = s.celeriac(&["run", &m, "misbehave.panic", r#"["oh no"]"#]);
     assert_eq!(code(&o), 1);
     assert!(
-        cause(&o).starts_with(
+        o.cause().starts_with(
             "error: trap: unreachable instruction executed (guest stderr: panicked at "
         ),
         "{}",
-        cause(&o)
+        o.cause()
     );
-    assert!(cause(&o).ends_with(": oh no)"), "{}", cause(&o));
+    assert!(o.cause().ends_with(": oh no)"), "{}", o.cause());
     // The whole of stderr is that one line: no wasm backtrace.
-    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    assert_eq!(o.stderr_text().lines().count(), 1);
 }
 
 /// `celeriac … | head`: a closed stdout ends the command quietly, with the
@@ -195,16 +176,10 @@ fn closed_stdout_exits_quietly() {
         vec!["run", text.as_str(), "text.upper", big.as_str()],
         vec!["inspect", text.as_str(), "--json"],
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args(&args)
-            .env("CELERIAC_CACHE_DIR", s.path("cache"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = s.command().args(&args).spawn();
         drop(child.stdout.take()); // the reader is gone before anything is written
         let o = child.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
+        let stderr = o.stderr_text();
         assert_eq!(o.status.code(), Some(141), "{}: {stderr}", args[0]);
         assert!(stderr.is_empty(), "{}: {stderr}", args[0]);
     }
@@ -218,7 +193,7 @@ fn inspect_of_junk_says_why_in_one_line() {
     std::fs::write(&junk, b"definitely not a component").unwrap();
     let o = s.celeriac(&["inspect", junk.to_str().unwrap()]);
     assert_eq!(code(&o), 2);
-    let out = stdout(&o);
+    let out = o.stdout_text();
     let error = out.lines().last().unwrap_or_default();
     assert!(
         error.starts_with("error:     not a valid component: "),
@@ -262,9 +237,9 @@ fn run_rejects_bad_flags_before_running() {
         let o = s.celeriac(args);
         assert_eq!(code(&o), 2, "{args:?}");
         assert!(
-            String::from_utf8_lossy(&o.stderr).contains(expected),
+            o.stderr_text().contains(expected),
             "{args:?}: {}",
-            cause(&o)
+            o.cause()
         );
     }
 }
@@ -279,7 +254,7 @@ fn signing_verification_and_trust() {
 
     // alice is trusted (her .pub is in the trust dir); mallory is not.
     let o = s.celeriac(&["keygen", "--out", keys.join("alice").to_str().unwrap()]);
-    assert_eq!(code(&o), 0, "{}", cause(&o));
+    assert_eq!(code(&o), 0, "{}", o.cause());
     std::fs::copy(keys.join("alice.pub"), s.path("trust/alice.pub")).unwrap();
     let o = s.celeriac(&["keygen", "--out", keys.join("mallory").to_str().unwrap()]);
     assert_eq!(code(&o), 0);
@@ -291,20 +266,25 @@ fn signing_verification_and_trust() {
     // Signed by alice: verifies, runs under --trust, and inspect says so.
     let math = s.component("math", "math.wasm");
     let o = s.celeriac(&["sign", &math, "--key", alice_key]);
-    assert_eq!(code(&o), 0, "{}", cause(&o));
+    assert_eq!(code(&o), 0, "{}", o.cause());
     assert!(Path::new(&format!("{math}.sig")).is_file());
     let o = s.celeriac(&["verify", &math, "--trust", &trust]);
-    assert_eq!(code(&o), 0, "{}", cause(&o));
-    let line = stdout(&o);
+    assert_eq!(code(&o), 0, "{}", o.cause());
+    let line = o.stdout_text();
     let digest = format!("sha256:{}", sha256_hex(&std::fs::read(&math).unwrap()));
     assert!(
         line.starts_with(&format!("ok {digest} module=math signer=alice ")),
         "{line}"
     );
     let o = s.celeriac(&["run", &math, "math.add", "[2, 3]", "--trust", &trust]);
-    assert_eq!((code(&o), stdout(&o).as_str()), (0, "5\n"), "{}", cause(&o));
+    assert_eq!(
+        (code(&o), o.stdout_text().as_str()),
+        (0, "5\n"),
+        "{}",
+        o.cause()
+    );
     let o = s.celeriac(&["inspect", &math, "--trust", &trust]);
-    let text = stdout(&o);
+    let text = o.stdout_text();
     assert!(text.contains(&format!("digest:    {digest}")), "{text}");
     assert!(
         text.contains("tasks:     add, mul, div, sum, fib"),
@@ -320,9 +300,9 @@ fn signing_verification_and_trust() {
     let o = s.celeriac(&["run", &math, "text.add", "[2, 3]", "--trust", &trust]);
     assert_eq!(code(&o), 2);
     assert!(
-        cause(&o).contains("signed as module `math`, not `text`"),
+        o.cause().contains("signed as module `math`, not `text`"),
         "{}",
-        cause(&o)
+        o.cause()
     );
 
     // One byte changed: refused by verify and by run --trust, which runs nothing.
@@ -336,13 +316,14 @@ fn signing_verification_and_trust() {
     let o = s.celeriac(&["verify", tampered, "--trust", &trust]);
     assert_eq!(code(&o), 3);
     assert!(
-        cause(&o).starts_with("refused: tampered: component bytes hash to sha256:"),
+        o.cause()
+            .starts_with("refused: tampered: component bytes hash to sha256:"),
         "{}",
-        cause(&o)
+        o.cause()
     );
     let o = s.celeriac(&["run", tampered, "math.add", "[2, 3]", "--trust", &trust]);
     assert_eq!(code(&o), 3);
-    assert!(cause(&o).starts_with("refused: tampered"), "{}", cause(&o));
+    assert!(o.cause().starts_with("refused: tampered"), "{}", o.cause());
     assert!(o.stdout.is_empty());
 
     // Signed by a key outside the trust directory.
@@ -363,14 +344,15 @@ fn signing_verification_and_trust() {
         let o = s.celeriac(&cmd);
         assert_eq!(code(&o), 3, "{cmd:?}");
         assert!(
-            cause(&o).starts_with("refused: unknown key: signed by key "),
+            o.cause()
+                .starts_with("refused: unknown key: signed by key "),
             "{}",
-            cause(&o)
+            o.cause()
         );
         assert!(
-            cause(&o).contains("claims to be `mallory`"),
+            o.cause().contains("claims to be `mallory`"),
             "{}",
-            cause(&o)
+            o.cause()
         );
     }
 
@@ -379,17 +361,17 @@ fn signing_verification_and_trust() {
     let o = s.celeriac(&["verify", &unsigned, "--trust", &trust]);
     assert_eq!(code(&o), 3);
     assert!(
-        cause(&o).starts_with("refused: unsigned: no signature at "),
+        o.cause().starts_with("refused: unsigned: no signature at "),
         "{}",
-        cause(&o)
+        o.cause()
     );
     std::fs::write(format!("{unsigned}.sig"), "{\"format\": 7}").unwrap();
     let o = s.celeriac(&["verify", &unsigned, "--trust", &trust]);
     assert_eq!(code(&o), 3);
     assert!(
-        cause(&o).starts_with("refused: malformed signature: "),
+        o.cause().starts_with("refused: malformed signature: "),
         "{}",
-        cause(&o)
+        o.cause()
     );
 
     // A private key others can read is refused, naming the fix, as ssh does.
@@ -401,12 +383,12 @@ fn signing_verification_and_trust() {
     let o = s.celeriac(&["sign", &math, "--key", alice_key]);
     assert_eq!(code(&o), 2);
     assert_eq!(
-        cause(&o),
+        o.cause(),
         format!(
             "error: {alice_key}: private key is accessible by others (mode 0666); run `chmod 600 {alice_key}`"
         )
     );
-    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    assert_eq!(o.stderr_text().lines().count(), 1);
 
     // A trust directory without keys is an error, not "trust nothing quietly".
     std::fs::create_dir_all(s.path("no-keys")).unwrap();
@@ -417,7 +399,7 @@ fn signing_verification_and_trust() {
         s.path("no-keys").to_str().unwrap(),
     ]);
     assert_eq!(code(&o), 3);
-    assert!(cause(&o).contains("holds no public keys"), "{}", cause(&o));
+    assert!(o.cause().contains("holds no public keys"), "{}", o.cause());
 }
 
 #[test]
@@ -425,7 +407,7 @@ fn inspect_unsigned_component() {
     let s = Scratch::new();
     let text = s.component("text", "text.wasm");
     let o = s.celeriac(&["inspect", &text, "--json"]);
-    assert_eq!(code(&o), 0, "{}", cause(&o));
+    assert_eq!(code(&o), 0, "{}", o.cause());
     let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(doc["module"], "text");
     assert_eq!(
@@ -449,9 +431,9 @@ fn inspect_unsigned_component() {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     // The test checks the CLI's digest against an independent computation.
-    let out = Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+    let out = std::process::Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .and_then(|mut child| {
             use std::io::Write;

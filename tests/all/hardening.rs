@@ -6,36 +6,24 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{
-    PrivateRedis, Publisher, RunningWorker, WorkerProcess, celeriac, quick_config,
+use crate::support::{
+    Fixture, Outcome, PrivateRedis, RunningWorker, finished, http_get, quick_config,
+    request as req, wait_for,
 };
 use celeriac_broker::{Broker, Outgoing};
-use celeriac_client::{self as client, ClientError, SubmitOptions, TaskRequest};
+use celeriac_client::{self as client, ClientError, SubmitOptions};
 use celeriac_protocol::MessageLimits;
 use celeriac_protocol::record::{ResultRecord, TaskState};
 use celeriac_sandbox::Limits;
 use serde_json::{Value, json};
 
-fn req(task: &str, args: Value) -> TaskRequest {
-    TaskRequest {
-        task: task.into(),
-        args: args.as_array().cloned().unwrap_or_default(),
-        kwargs: Default::default(),
-    }
-}
-
 async fn submit(b: &dyn Broker, task: &str, args: Value) -> String {
-    client::submit(b, req(task, args), &SubmitOptions::default())
-        .await
-        .unwrap()
+    crate::support::submit(b, task, args, &SubmitOptions::default()).await
 }
 
+/// The final record of task `id`, within `secs` seconds.
 async fn wait(b: &dyn Broker, id: &str, secs: u64) -> ResultRecord {
-    let r = client::wait(b, id, Duration::from_secs(secs))
-        .await
-        .unwrap();
-    r.filter(|r| r.state.is_final())
-        .unwrap_or_else(|| panic!("task {id} did not finish within {secs}s"))
+    finished(b, id, Duration::from_secs(secs)).await
 }
 
 /// A raw message, as anyone who can write to Redis could enqueue it.
@@ -69,10 +57,11 @@ fn message(id: &str, task: &str, digest: &str, args: Value) -> Value {
 /// dead-letter queue) does not wedge either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_results_and_failures_fail_alone() {
-    let (_p, b, publisher) = crate::common::fixture(&["math", "misbehave"]).await;
+    let f = Fixture::new(&["math", "misbehave"]).await;
+    let b = &f.broker;
     let mut config = quick_config("first");
     config.limits.memory = 512 << 20;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config.clone());
+    let worker = f.worker(config.clone());
 
     let poison = submit(b.as_ref(), "misbehave.bloat", json!(["failure", 90])).await;
     let big = submit(b.as_ref(), "misbehave.bloat", json!(["result", 20])).await;
@@ -107,7 +96,7 @@ async fn oversized_results_and_failures_fail_alone() {
     );
     let letter = dead.iter().find(|d| d.payload.contains(&poison)).unwrap();
     assert!(b.dlq_requeue("default", &letter.id).await.unwrap());
-    let second = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("second"));
+    let second = f.worker(quick_config("second"));
     assert_eq!(
         wait(b.as_ref(), &poison, 60).await.state,
         TaskState::Failure
@@ -122,7 +111,8 @@ async fn oversized_results_and_failures_fail_alone() {
 /// dead-letters a raw message carrying it as `invalid message: …`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_numbers_are_validated_everywhere() {
-    let (p, b, publisher) = crate::common::fixture(&["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
 
     // Client library.
     let options = SubmitOptions {
@@ -160,8 +150,6 @@ async fn producer_numbers_are_validated_everywhere() {
     );
 
     // CLI.
-    let cache = tempfile::tempdir().unwrap();
-    let url = crate::common::redis_url();
     for flags in [
         &["--result-ttl", "1000000000y"][..],
         &["--timeout", "100000000y"],
@@ -174,8 +162,8 @@ async fn producer_numbers_are_validated_everywhere() {
     ] {
         let mut args = vec!["submit", "math.add", "[1, 2]"];
         args.extend_from_slice(flags);
-        let o = celeriac(&url, &p.0, cache.path(), &args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let o = f.celeriac(&args);
+        let err = o.stderr_text();
         assert_eq!(o.status.code(), Some(2), "{flags:?}: {err}");
         // (clap adds a `--help` hint to usage errors: the cause is line one)
         assert!(err.starts_with("error: "), "{flags:?}: {err}");
@@ -206,7 +194,7 @@ async fn producer_numbers_are_validated_everywhere() {
         raw(b.as_ref(), m).await;
         bad.push(id);
     }
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("judge"));
+    let worker = f.worker(quick_config("judge"));
     for id in &bad {
         let r = wait(b.as_ref(), id, 20).await;
         let e = r.error.unwrap();
@@ -232,7 +220,8 @@ async fn producer_numbers_are_validated_everywhere() {
 /// fuel or time runs under the worker's, and the record says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_limits_are_ceilings() {
-    let (_p, b, publisher) = crate::common::fixture(&["misbehave"]).await;
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let mut config = quick_config("strict");
     config.limits = Limits {
         timeout: Duration::from_secs(2),
@@ -240,7 +229,7 @@ async fn worker_limits_are_ceilings() {
         fuel: 50_000_000,
         memory: 32 << 20,
     };
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
     let greedy = SubmitOptions {
         limits: MessageLimits {
             timeout_ms: Some(3_600_000),
@@ -297,11 +286,8 @@ async fn worker_limits_are_ceilings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_floods_stay_bounded() {
     let server = PrivateRedis::start();
-    let url = server.url();
-    let prefix = "flood:";
-    let b = celeriac_broker::connect(&url, prefix).await.unwrap();
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let f = Fixture::on(&server.url(), &["math"]).await;
+    let b = &f.broker;
     let digest = digest_of(b.as_ref(), "math").await;
 
     let pad = "x".repeat(20 << 20);
@@ -326,27 +312,20 @@ async fn oversized_and_malformed_floods_stay_bounded() {
         raw(b.as_ref(), m).await;
     }
     drop(pad);
-    let cache = tempfile::tempdir().unwrap();
-    let mut w = WorkerProcess::start(
-        &url,
-        prefix,
-        cache.path(),
-        &publisher.trust_dir(),
-        "flooded",
-        &["--concurrency", "2"],
-    );
+    let mut w = f.worker_process("flooded", &["--concurrency", "2"]);
     for (id, i) in &valid {
         let r = wait(b.as_ref(), id, 120).await;
         assert_eq!(r.result, Some(json!(i + 1)), "{id}");
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while b.queue_stats("default").await.unwrap().dead < 500 {
-        assert!(
-            Instant::now() < deadline,
-            "not everything was dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "all 500 dead letters",
+        Duration::from_secs(60),
+        async || {
+            let dead = b.queue_stats("default").await.expect("queue stats").dead;
+            if dead >= 500 { Ok(()) } else { Err(dead) }
+        },
+    )
+    .await;
     let status = std::fs::read_to_string(format!("/proc/{}/status", w.child.id())).unwrap();
     let hwm_kib: u64 = status
         .lines()
@@ -377,16 +356,13 @@ async fn oversized_and_malformed_floods_stay_bounded() {
 async fn outages_longer_than_the_visibility_timeout_run_nothing_twice() {
     let persist = ["--appendonly", "yes", "--appendfsync", "always"];
     let mut server = PrivateRedis::start_with(&persist);
-    let url = server.url();
-    let prefix = "outage:";
-    let b = celeriac_broker::connect(&url, prefix).await.unwrap();
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let f = Fixture::on(&server.url(), &["misbehave"]).await;
+    let b = &f.broker;
     let workers: Vec<RunningWorker> = (0..3)
         .map(|i| {
             let mut c = quick_config(&format!("w{i}"));
             c.visibility_timeout = Duration::from_secs(2);
-            RunningWorker::start(b.clone(), publisher.trust.clone(), c)
+            f.worker(c)
         })
         .collect();
     let ids = client::submit_many(
@@ -398,8 +374,25 @@ async fn outages_longer_than_the_visibility_timeout_run_nothing_twice() {
     )
     .await
     .unwrap();
-    for _round in 0..3 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    let results: Vec<String> = ids
+        .iter()
+        .map(|id| f.key(&format!("result:{id}")))
+        .collect();
+    let mut done = 0;
+    for round in 1..=3 {
+        // Workers busy (again, after the last outage): more tasks done
+        // since then, unless all are.
+        let what = format!("the workers to make progress before outage {round}");
+        let before = done;
+        done = wait_for(&what, Duration::from_secs(60), async || {
+            let stored: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&results)
+                .query(&mut f.redis())
+                .expect("MGET the results");
+            let now = stored.iter().flatten().count();
+            (now > before || now == ids.len()).then_some(now)
+        })
+        .await;
         // Down for twice the visibility timeout.
         server = server.outage(Duration::from_secs(4), &persist);
     }
@@ -419,9 +412,8 @@ async fn outages_longer_than_the_visibility_timeout_run_nothing_twice() {
 /// them ahead of its backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphans_run_ahead_of_a_backlog() {
-    let (p, b, publisher) = crate::common::fixture(&["misbehave"]).await;
-    let cache = tempfile::tempdir().unwrap();
-    let url = crate::common::redis_url();
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let orphans = client::submit_many(
         b.as_ref(),
         (0..2)
@@ -431,23 +423,24 @@ async fn orphans_run_ahead_of_a_backlog() {
     )
     .await
     .unwrap();
-    let mut doomed = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &publisher.trust_dir(),
+    let mut doomed = f.worker_process(
         "doomed",
         &["--concurrency", "2", "--visibility-timeout", "2s"],
     );
     doomed.ready(b.as_ref()).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while b.queue_stats("default").await.unwrap().in_flight < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the doomed worker never took its tasks"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the doomed worker to take its two tasks",
+        Duration::from_secs(20),
+        async || {
+            let held = b
+                .queue_stats("default")
+                .await
+                .expect("queue stats")
+                .in_flight;
+            if held >= 2 { Ok(()) } else { Err(held) }
+        },
+    )
+    .await;
     doomed.signal("-KILL");
     doomed.exit_within(Duration::from_secs(5)).await;
 
@@ -462,7 +455,7 @@ async fn orphans_run_ahead_of_a_backlog() {
     .unwrap();
     let mut config = quick_config("busy");
     config.visibility_timeout = Duration::from_secs(2);
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
     for id in &orphans {
         let r = wait(b.as_ref(), id, 60).await;
         assert_eq!((r.state, r.worker.as_str()), (TaskState::Success, "busy"));
@@ -489,92 +482,65 @@ async fn orphans_run_ahead_of_a_backlog() {
 /// consumers of dead workers are removed once they hold nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_takes_nothing_over_and_consumers_are_removed() {
-    let (p, b, publisher) = crate::common::fixture(&["misbehave"]).await;
-    let cache = tempfile::tempdir().unwrap();
-    let url = crate::common::redis_url();
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let vt = ["--visibility-timeout", "3s"];
-    let consumers = || {
-        let url = url.clone();
-        let key = format!("{}queue:{{default}}", p.0);
-        move || -> Vec<(String, u64)> {
-            let mut conn = redis::Client::open(url.as_str())
-                .unwrap()
-                .get_connection()
-                .unwrap();
-            let rows: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&key)
-                .arg("workers")
-                .query(&mut conn)
-                .unwrap_or_default();
-            rows.into_iter()
-                .map(|r| {
-                    let field = |name: &str| {
-                        let i = r.iter().position(
-                            |v| matches!(v, redis::Value::BulkString(b) if b == name.as_bytes()),
-                        )?;
-                        r.get(i + 1).cloned()
-                    };
-                    let name = match field("name") {
-                        Some(redis::Value::BulkString(b)) => {
-                            String::from_utf8_lossy(&b).into_owned()
-                        }
-                        _ => String::new(),
-                    };
-                    let pending = match field("pending") {
-                        Some(redis::Value::Int(n)) => n as u64,
-                        _ => 0,
-                    };
-                    (name, pending)
-                })
-                .collect()
-        }
+    let stream = f.key("queue:{default}");
+    // The group's consumers: (name, messages held).
+    let consumers = || -> Vec<(String, u64)> {
+        let rows: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("workers")
+            .query(&mut f.redis())
+            .unwrap_or_default();
+        rows.into_iter()
+            .map(|r| {
+                let field = |name: &str| {
+                    let i = r.iter().position(
+                        |v| matches!(v, redis::Value::BulkString(b) if b == name.as_bytes()),
+                    )?;
+                    r.get(i + 1).cloned()
+                };
+                let name = match field("name") {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                let pending = match field("pending") {
+                    Some(redis::Value::Int(n)) => n as u64,
+                    _ => 0,
+                };
+                (name, pending)
+            })
+            .collect()
     };
-    let consumers = consumers();
+    let holds_one = async |who: &str| {
+        let what = format!("consumer {who} to hold its task");
+        wait_for(&what, Duration::from_secs(20), async || {
+            let all = consumers();
+            if all.iter().any(|(n, pending)| n == who && *pending == 1) {
+                Ok(())
+            } else {
+                Err(all)
+            }
+        })
+        .await
+    };
 
     // A dead worker holding a long task.
-    let mut dead = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &publisher.trust_dir(),
-        "dead",
-        &vt,
-    );
+    let mut dead = f.worker_process("dead", &vt);
     dead.ready(b.as_ref()).await;
     let long = submit(b.as_ref(), "misbehave.sleep", json!([4000])).await;
-    let holds = |who: &'static str| {
-        let consumers = &consumers;
-        move || {
-            consumers()
-                .iter()
-                .any(|(n, pending)| n == who && *pending == 1)
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !holds("dead")() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_one("dead").await;
     dead.signal("-KILL");
     dead.exit_within(Duration::from_secs(5)).await;
 
     // A worker shutting down (running a long task in its grace period)
     // while the orphan becomes claimable must not take it.
-    let mut leaving = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &publisher.trust_dir(),
-        "leaving",
-        &vt,
-    );
+    let mut leaving = f.worker_process("leaving", &vt);
     leaving.ready(b.as_ref()).await;
     let its_own = submit(b.as_ref(), "misbehave.sleep", json!([4000])).await;
-    while !holds("leaving")() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_one("leaving").await;
     leaving.signal("-TERM");
     leaving.exit_within(Duration::from_secs(20)).await;
     assert_eq!(wait(b.as_ref(), &its_own, 5).await.worker, "leaving");
@@ -589,24 +555,21 @@ async fn shutdown_takes_nothing_over_and_consumers_are_removed() {
     );
 
     // A live worker takes the orphan over and prunes the dead consumer.
-    let mut live = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &publisher.trust_dir(),
-        "live",
-        &vt,
-    );
+    let mut live = f.worker_process("live", &vt);
     assert_eq!(wait(b.as_ref(), &long, 30).await.worker, "live");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while consumers().iter().any(|(n, _)| n == "dead") {
-        assert!(
-            Instant::now() < deadline,
-            "dead consumer never pruned: {:?}",
-            consumers()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "the dead consumer to be pruned",
+        Duration::from_secs(20),
+        async || {
+            let all = consumers();
+            if all.iter().any(|(n, _)| n == "dead") {
+                Err(all)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     live.signal("-TERM");
     live.exit_within(Duration::from_secs(10)).await;
     assert!(consumers().is_empty(), "{:?}", consumers());
@@ -619,22 +582,9 @@ async fn shutdown_takes_nothing_over_and_consumers_are_removed() {
 async fn waiters_survive_a_redis_restart() {
     let persist = ["--appendonly", "yes", "--appendfsync", "always"];
     let server = PrivateRedis::start_with(&persist);
-    let url = server.url();
-    let prefix = "waiters:";
-    let b = celeriac_broker::connect(&url, prefix).await.unwrap();
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
-    let cache = tempfile::tempdir().unwrap();
-    let spawn = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args(args)
-            .env("CELERIAC_BROKER", &url)
-            .env("CELERIAC_PREFIX", prefix)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let f = Fixture::on(&server.url(), &["math"]).await;
+    let b = &f.broker;
+    let spawn = |args: &[&str]| f.cli().args(args).spawn();
     let submitter = spawn(&[
         "submit",
         "math.add",
@@ -644,46 +594,34 @@ async fn waiters_survive_a_redis_restart() {
         "60s",
     ]);
     // The id is on the queue (and on stderr) before the restart.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while b.queue_stats("default").await.map(|s| s.ready).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "submit never enqueued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the submit to enqueue",
+        Duration::from_secs(10),
+        async || b.queue_stats("default").await.map(|s| s.ready).unwrap_or(0) > 0,
+    )
+    .await;
     let server = server.outage(Duration::from_secs(2), &persist);
-    let _w = WorkerProcess::start(
-        &url,
-        prefix,
-        cache.path(),
-        &publisher.trust_dir(),
-        "after",
-        &[],
-    );
-    let o = submitter.wait_with_output().unwrap();
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    );
+    let _w = f.worker_process("after", &[]);
+    let o = submitter
+        .wait_with_output()
+        .expect("wait for the submitter");
+    let (out, err) = (o.stdout_text(), o.stderr_text());
     assert_eq!((o.status.code(), out.as_str()), (Some(0), "42\n"), "{err}");
     let id = err.lines().next().unwrap_or_default().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{err}");
     // `result --wait` across another restart, for a finished task.
     let waiter = spawn(&["result", &id, "--wait", "--wait-timeout", "30s"]);
     let server = server.outage(Duration::from_secs(1), &persist);
-    let o = waiter.wait_with_output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = waiter.wait_with_output().expect("wait for the waiter");
+    assert_eq!(o.status.code(), Some(0), "{}", o.stderr_text());
     drop(server);
 
     // Gone for good: its own exit status and message, after the deadline.
     let started = Instant::now();
     let o = spawn(&["result", "nope", "--wait", "--wait-timeout", "2s"])
         .wait_with_output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        .expect("wait for the waiter");
+    let err = o.stderr_text();
     assert_eq!(o.status.code(), Some(5), "{err}");
     assert!(
         err.starts_with("error: broker unreachable: ") && err.lines().count() == 1,
@@ -699,33 +637,25 @@ async fn waiters_survive_a_redis_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_store_results_stands_down() {
     let server = PrivateRedis::start();
-    let url = server.url();
-    let prefix = "oom:";
-    let b = celeriac_broker::connect(&url, prefix).await.unwrap();
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
-    let cache = tempfile::tempdir().unwrap();
-    let port = crate::common::free_port();
+    let f = Fixture::on(&server.url(), &["misbehave"]).await;
+    let b = &f.broker;
+    let port = crate::support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let w = WorkerProcess::start(
-        &url,
-        prefix,
-        cache.path(),
-        &publisher.trust_dir(),
+    let w = f.worker_process(
         "starved",
         &["--visibility-timeout", "2s", "--metrics", &addr],
     );
     w.ready(b.as_ref()).await;
     let id = submit(b.as_ref(), "misbehave.sleep", json!([1000])).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while b.queue_stats("default").await.unwrap().in_flight == 0 {
-        assert!(Instant::now() < deadline, "never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut admin = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    wait_for("the task to start", Duration::from_secs(20), async || {
+        b.queue_stats("default")
+            .await
+            .expect("queue stats")
+            .in_flight
+            > 0
+    })
+    .await;
+    let mut admin = f.redis();
     let config = |conn: &mut redis::Connection, value: &str| {
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
@@ -738,36 +668,41 @@ async fn a_worker_that_cannot_store_results_stands_down() {
     // The task ends, its result cannot be stored: after the visibility
     // timeout the worker reports it and lets its lease lapse.
     let healthy = |v: u8| format!("celeriac_worker_healthy {v}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !crate::common::http_get(port, "/metrics").contains(&healthy(0)) {
-        assert!(Instant::now() < deadline, "never reported unhealthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the worker to report itself unhealthy",
+        Duration::from_secs(20),
+        async || http_get(port, "/metrics").contains(&healthy(0)),
+    )
+    .await;
+    let stream = f.key("queue:{default}");
     let idle_ms = |conn: &mut redis::Connection| -> u64 {
         let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(format!("{prefix}queue:{{default}}"))
+            .arg(&stream)
             .arg("workers")
             .arg("-")
             .arg("+")
             .arg(10)
             .query(conn)
-            .unwrap();
+            .expect("XPENDING");
         rows.first().map_or(0, |r| r.2)
     };
+    // The behaviour under test is time passing without renewals: once it
+    // reports the problem, the worker lets its lease lapse.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle = idle_ms(&mut admin);
     assert!(idle > 2_500, "lease still renewed: idle {idle} ms");
-    let log = std::fs::read_to_string(cache.path().join("starved.log")).unwrap();
+    let log = w.log();
     assert!(log.contains("cannot store results for"), "{log}");
 
     // Memory back: the result is stored and the worker is healthy again.
     config(&mut admin, "0");
     assert_eq!(wait(b.as_ref(), &id, 30).await.state, TaskState::Success);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !crate::common::http_get(port, "/metrics").contains(&healthy(1)) {
-        assert!(Instant::now() < deadline, "never healthy again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the worker to be healthy again",
+        Duration::from_secs(20),
+        async || http_get(port, "/metrics").contains(&healthy(1)),
+    )
+    .await;
     drop(w);
     drop(server);
 }
@@ -778,19 +713,17 @@ async fn a_worker_that_cannot_store_results_stands_down() {
 /// later tasks are stored as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_redis_refuses_fail_only_their_completion() {
-    let (p, b, publisher) = crate::common::fixture(&["math", "misbehave"]).await;
-    let mut conn = redis::Client::open(crate::common::redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let f = Fixture::new(&["math", "misbehave"]).await;
+    let b = &f.broker;
+    let mut conn = f.redis();
     for key in ["dlq:{default}", "delayed:{default}"] {
         let _: () = redis::cmd("SET")
-            .arg(format!("{}{key}", p.0))
+            .arg(f.key(key))
             .arg("not a stream")
             .query(&mut conn)
             .unwrap();
     }
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("stubborn"));
+    let worker = f.worker(quick_config("stubborn"));
     let fatal = submit(b.as_ref(), "misbehave.fatal", json!(["no"])).await;
     let flaky = submit(b.as_ref(), "misbehave.flaky", json!([5])).await;
     let ok: Vec<String> = {
@@ -819,7 +752,7 @@ async fn writes_redis_refuses_fail_only_their_completion() {
     }
     // Nothing left held: every completion ended one way or another.
     let (held, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(format!("{}queue:{{default}}", p.0))
+        .arg(f.key("queue:{default}"))
         .arg("workers")
         .query(&mut conn)
         .unwrap();
@@ -833,7 +766,8 @@ async fn writes_redis_refuses_fail_only_their_completion() {
 /// 11 of 12 long tasks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_tasks_spread_over_workers() {
-    let (_p, b, publisher) = crate::common::fixture(&["misbehave"]).await;
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let ids = client::submit_many(
         b.as_ref(),
         (0..12)
@@ -844,13 +778,7 @@ async fn long_tasks_spread_over_workers() {
     .await
     .unwrap();
     let workers: Vec<RunningWorker> = (0..3)
-        .map(|i| {
-            RunningWorker::start(
-                b.clone(),
-                publisher.trust.clone(),
-                quick_config(&format!("w{i}")),
-            )
-        })
+        .map(|i| f.worker(quick_config(&format!("w{i}"))))
         .collect();
     let mut per_worker = std::collections::HashMap::<String, usize>::new();
     for id in &ids {

@@ -1,12 +1,15 @@
 //! Celeriac's end-to-end tests, one binary with a module per feature (one
-//! link of wasmtime instead of one per file). Every test talks to a real
-//! Redis (`CELERIAC_TEST_REDIS`, default the local one) under its own key
-//! prefix and runs real components built from `tasks/`.
+//! link of wasmtime instead of one per file). Tests talk to a real Redis
+//! (`CELERIAC_TEST_REDIS`, default the local one) under a key prefix of
+//! their own, or to the in-memory broker beside it, and run real
+//! components built from `tasks/`; what the modules share is in `support`.
 
-mod common;
+mod support;
 
+mod broker;
 mod cli;
 mod hardening;
+mod harness;
 mod polyglot;
 mod queue;
 mod registry;

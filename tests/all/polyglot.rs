@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::common::{Prefix, Publisher, RunningWorker, quick_config};
+use crate::support::{Fixture, Outcome, TestCommand, quick_config, workspace_root};
 use celeriac_client::{self as client, SubmitOptions, TaskRequest};
 use celeriac_protocol::record::TaskState;
 use serde_json::{Value, json};
@@ -31,18 +30,23 @@ fn component(dir: &str) -> PathBuf {
     if let Some(p) = built.get(dir) {
         return p.clone();
     }
-    crate::common::component("text"); // the Rust build shares the workspace target dir
-    let out = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+    crate::support::component("text"); // the Rust build shares the workspace target dir
+    // The guest toolchains are found as the developer set them up (the
+    // Python one may be named by CELERIAC_COMPONENTIZE_PY, the C sysroot
+    // by CELERIAC_WASI_SYSROOT): where the tools are, not how celeriac
+    // behaves.
+    let out = TestCommand::new()
+        .inherit("CELERIAC_COMPONENTIZE_PY")
+        .inherit("CELERIAC_WASI_SYSROOT")
         .arg("build")
-        .arg(crate::common::workspace_root().join("tasks").join(dir))
-        .output()
-        .expect("run celeriac build");
+        .arg(workspace_root().join("tasks").join(dir))
+        .output();
     assert!(
         out.status.success(),
         "celeriac build tasks/{dir} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr_text()
     );
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let path = PathBuf::from(out.stdout_text().trim());
     assert!(path.is_file(), "{} was not written", path.display());
     built.insert(dir.to_string(), path.clone());
     path
@@ -218,19 +222,18 @@ fn conformance_through_celeriac_run() {
     for (language, dir) in LANGUAGES {
         let wasm = component(dir);
         for case in cases(100 << 10) {
-            let out = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+            let out = TestCommand::new()
+                .cache(cache.path())
                 .arg("run")
                 .arg(&wasm)
                 .arg(format!("text.{}", case.task))
                 .arg(case.args.to_string())
                 .arg("--kwargs")
                 .arg(case.kwargs.to_string())
-                .env("CELERIAC_CACHE_DIR", cache.path())
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let cause = stderr.lines().last().unwrap_or_default();
+                .output();
+            let stdout = out.stdout_text();
+            let cause = out.cause();
+            let cause = cause.as_str();
             let ok = match &case.expect {
                 Expect::Ok(v) => {
                     out.status.success()
@@ -276,23 +279,13 @@ async fn conformance_through_a_worker() {
     let mut failures = Vec::new();
     for (language, dir) in LANGUAGES {
         let wasm = component(dir);
-        let p = Prefix::new();
-        let b = p.broker().await;
-        let publisher = Publisher::new();
-        let bytes = std::fs::read(&wasm).unwrap();
-        let sig = celeriac_signing::sign_component(&bytes, &publisher.key, "text").unwrap();
-        celeriac_broker::registry::upload(
-            b.as_ref(),
-            &bytes,
-            &sig,
-            &publisher.trust,
-            celeriac_broker::registry::UploadOptions::new(&crate::common::worker_check),
-        )
-        .await
-        .unwrap();
+        let f = Fixture::new(&[]).await;
+        let b = &f.broker;
+        let bytes = std::fs::read(&wasm).expect("read the built component");
+        f.publisher.upload_bytes(b.as_ref(), &bytes, "text").await;
         let mut config = quick_config(&format!("{language}-worker"));
         config.limits.timeout = Duration::from_secs(30);
-        let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+        let worker = f.worker(config);
         for case in cases(1 << 20) {
             // Retries are real here: `eventually` succeeds on its first retry.
             let max_retries = if case.task == "eventually" { 1 } else { 0 };

@@ -2,42 +2,29 @@
 //! semantics apply): acks late, leases, delays, retries, dead letters,
 //! expiry. In-process workers; see worker_process.rs for separate processes.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::common::{Prefix, Publisher, RunningWorker, fetch_limits, quick_config};
-use celeriac_broker::{Broker, Claim, MemoryBroker, Outgoing};
-use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use crate::support::{
+    Fixture, Publisher, RunningWorker, fetch_limits, finished, quick_config, reached,
+    request as req, submit, upload_options, wait_for,
+};
+use celeriac_broker::{Broker, Claim, Outgoing};
+use celeriac_client::{self as client, SubmitOptions};
 use celeriac_protocol::MessageLimits;
 use celeriac_protocol::now_ms;
 use celeriac_protocol::record::{ResultRecord, TaskState};
-use serde_json::{Value, json};
+use serde_json::json;
 
-fn req(task: &str, args: Value) -> TaskRequest {
-    TaskRequest {
-        task: task.into(),
-        args: args.as_array().cloned().unwrap_or_default(),
-        kwargs: Default::default(),
-    }
-}
-
-async fn submit(b: &dyn Broker, task: &str, args: Value, options: &SubmitOptions) -> String {
-    client::submit(b, req(task, args), options).await.unwrap()
-}
-
+/// The final record of task `id`, within 30 s.
 async fn wait(b: &dyn Broker, id: &str) -> ResultRecord {
-    client::wait(b, id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("no result for {id}"))
+    finished(b, id, Duration::from_secs(30)).await
 }
 
 /// The core flow on both brokers: submit, run, result; a typed failure
 /// (no retry) and a retried one.
-async fn core_flow(b: Arc<dyn Broker>) {
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("core"));
+async fn core_flow(f: Fixture) {
+    let b = &f.broker;
+    let worker = f.worker(quick_config("core"));
     let opts = SubmitOptions::default();
 
     let id = submit(b.as_ref(), "math.add", json!([2, 3]), &opts).await;
@@ -80,19 +67,18 @@ async fn core_flow(b: Arc<dyn Broker>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_flow_on_redis() {
-    let p = Prefix::new();
-    core_flow(p.broker().await).await;
+    core_flow(Fixture::new(&["math", "misbehave"]).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_flow_in_memory() {
-    core_flow(Arc::new(MemoryBroker::new())).await;
+    core_flow(Fixture::in_memory(&["math", "misbehave"]).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_module_enqueues_nothing() {
-    let p = Prefix::new();
-    let b = p.broker().await;
+    let f = Fixture::new(&[]).await;
+    let b = &f.broker;
     let err = client::submit(
         b.as_ref(),
         req("nosuch.add", json!([1, 2])),
@@ -111,16 +97,14 @@ async fn unknown_module_enqueues_nothing() {
 /// a task waiting out its backoff does not hold a worker slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_back_off_without_blocking_slots() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math", "misbehave"]).await;
+    let f = Fixture::new(&["math", "misbehave"]).await;
+    let b = &f.broker;
     let mut config = quick_config("retrier");
     config.concurrency = 1;
     config.backoff.base = Duration::from_millis(400);
     config.backoff.max = Duration::from_secs(2);
     config.backoff.jitter = false;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
 
     let opts = SubmitOptions {
         max_retries: 2,
@@ -128,8 +112,8 @@ async fn retries_back_off_without_blocking_slots() {
     };
     let t = Instant::now();
     let flaky = submit(b.as_ref(), "misbehave.flaky", json!([5]), &opts).await;
-    // Give it time to fail once, then show the single slot is free.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Once it has failed once, show the single slot is free.
+    reached(b.as_ref(), &flaky, TaskState::Retry).await;
     let add = submit(b.as_ref(), "math.add", json!([1, 1]), &opts).await;
     let r = wait(b.as_ref(), &add).await;
     assert_eq!(r.state, TaskState::Success);
@@ -193,10 +177,8 @@ async fn retries_back_off_without_blocking_slots() {
 /// than asked; a worker restart in between neither loses nor duplicates them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn countdown_waits_in_redis_and_survives_restarts() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
 
     let eta = SystemTime::now() + Duration::from_millis(1500);
     let eta_ms = eta
@@ -211,14 +193,26 @@ async fn countdown_waits_in_redis_and_survives_restarts() {
     let stats = b.queue_stats("default").await.unwrap();
     assert_eq!((stats.delayed, stats.ready), (1, 0));
 
-    // A worker comes and goes before the task is due.
-    let first = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("early"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A worker comes and goes before the task is due: it has been running
+    // (its keeper promoting what is due) for a heartbeat interval, i.e.
+    // its heartbeat has been renewed once.
+    let first = f.worker(quick_config("early"));
+    let beat = async || {
+        let workers = b.workers().await.expect("list workers");
+        workers.iter().find(|w| w.id == "early").map(|w| w.seen_at)
+    };
+    let since = wait_for("worker early's heartbeat", Duration::from_secs(10), beat).await;
+    wait_for(
+        "worker early's second heartbeat",
+        Duration::from_secs(10),
+        async || beat().await.filter(|&at| at > since),
+    )
+    .await;
     let summary = first.stop().await;
     assert_eq!(summary.processed, 0);
     assert_eq!(b.queue_stats("default").await.unwrap().delayed, 1);
 
-    let second = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("late"));
+    let second = f.worker(quick_config("late"));
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(
         (r.state, r.result.clone()),
@@ -238,17 +232,16 @@ async fn countdown_waits_in_redis_and_survives_restarts() {
 /// An expired task is not run and is recorded as REVOKED with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tasks_are_revoked() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
     let opts = SubmitOptions {
         expires: Some(SystemTime::now() + Duration::from_millis(100)),
         ..SubmitOptions::default()
     };
     let id = submit(b.as_ref(), "math.add", json!([1, 2]), &opts).await;
+    // The behaviour under test: the expiry passes before any worker runs.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let worker = f.worker(quick_config("w"));
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(r.state, TaskState::Revoked);
     assert!(r.result.is_none());
@@ -260,10 +253,8 @@ async fn expired_tasks_are_revoked() {
 /// idle worker never gets it, and it runs exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_renewed_for_long_tasks() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let config = |id: &str| {
         let mut c = quick_config(id);
         c.visibility_timeout = Duration::from_millis(600);
@@ -271,7 +262,7 @@ async fn leases_are_renewed_for_long_tasks() {
     };
     let mut tracking = config("a");
     tracking.track_started = true;
-    let a = RunningWorker::start(b.clone(), publisher.trust.clone(), tracking);
+    let a = f.worker(tracking);
     let id = submit(
         b.as_ref(),
         "misbehave.sleep",
@@ -279,9 +270,9 @@ async fn leases_are_renewed_for_long_tasks() {
         &SubmitOptions::default(),
     )
     .await;
-    let running = wait_for_state(b.as_ref(), &id, TaskState::Started).await;
+    let running = reached(b.as_ref(), &id, TaskState::Started).await;
     assert_eq!(running.worker, "a");
-    let other = RunningWorker::start(b.clone(), publisher.trust.clone(), config("b"));
+    let other = f.worker(config("b"));
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(
         (r.state, r.result.clone()),
@@ -298,28 +289,13 @@ async fn leases_are_renewed_for_long_tasks() {
     assert_eq!(r.worker, "a");
 }
 
-/// Poll until the task's record reaches `state` (bounded, not timed).
-async fn wait_for_state(b: &dyn Broker, id: &str, state: TaskState) -> ResultRecord {
-    for _ in 0..2000 {
-        if let Some(r) = client::result(b, id).await.unwrap()
-            && r.state == state
-        {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("task {id} never reached {state:?}");
-}
-
 /// A consumer that takes messages and dies (never acks, never renews):
 /// another worker reclaims them after the visibility timeout and completes
 /// them; one delivered too often goes to the dead-letter queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
     b.declare(&["default".into()]).await.unwrap();
     let ids = client::submit_many(
         b.as_ref(),
@@ -343,7 +319,7 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
 
     let mut config = quick_config("rescuer");
     config.visibility_timeout = Duration::from_millis(500);
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
     for (i, id) in ids.iter().enumerate() {
         let r = wait(b.as_ref(), id).await;
         assert_eq!(r.result, Some(json!(i as i64 + 100)));
@@ -389,11 +365,13 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
             assert_eq!(again.len(), 1);
         }
     }
+    // The behaviour under test: the holder's lease (a 500 ms visibility
+    // timeout) lapses before the judge starts.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut config = quick_config("judge");
     config.visibility_timeout = Duration::from_millis(500);
     config.max_deliveries = 2;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
     let r = wait(b.as_ref(), &id).await;
     assert_eq!(r.state, TaskState::Failure);
     assert_eq!(r.error.as_ref().unwrap().kind, "poison");
@@ -414,17 +392,15 @@ async fn abandoned_messages_are_reclaimed_and_poison_is_dead_lettered() {
 /// can be listed, requeued and purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_dead_lettered_with_the_reason() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
 
     // Signed by a key the worker does not trust (uploaded through a
     // registry that does).
     let stranger = Publisher::new();
     stranger.upload(b.as_ref(), &["text"]).await;
 
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("strict"));
+    let worker = f.worker(quick_config("strict"));
     let zeros = "0".repeat(64);
     let future = format!(
         r#"{{"v": 99, "id": "x2", "task": "math.add", "queue": "default", "digest": "sha256:{zeros}"}}"#
@@ -460,19 +436,16 @@ async fn bad_input_is_dead_lettered_with_the_reason() {
 
     // Tampered bytes in the store: caught by the digest check.
     let math_digest = b.get_module("math").await.unwrap().unwrap().digest;
-    let mut conn = redis::Client::open(crate::common::redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut conn = f.redis();
     let _: () = redis::cmd("HSET")
-        .arg(format!("{}component:{math_digest}", p.0))
+        .arg(f.key(&format!("component:{math_digest}")))
         .arg("bytes")
         .arg(b"\0asm tampered".as_slice())
         .query(&mut conn)
         .unwrap();
     // A fresh worker (empty component cache) sees the tampered store.
     worker.stop().await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("strict2"));
+    let worker = f.worker(quick_config("strict2"));
     let tampered = submit(
         b.as_ref(),
         "math.add",
@@ -484,8 +457,17 @@ async fn bad_input_is_dead_lettered_with_the_reason() {
     let msg = r.error.unwrap().message;
     assert!(msg.contains("the store is corrupt"), "{msg}");
 
-    // The worker is still alive and well.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The worker is still alive and well, and has dead-lettered the three
+    // malformed messages besides these two.
+    wait_for("five dead letters", Duration::from_secs(20), async || {
+        let dead = b.dlq_list("default", 10).await.expect("list dead letters");
+        if dead.len() >= 5 {
+            Ok(())
+        } else {
+            Err(dead.len())
+        }
+    })
+    .await;
     let dead = b.dlq_list("default", 10).await.unwrap();
     let reasons: Vec<&str> = dead.iter().map(|d| d.reason.as_str()).collect();
     assert_eq!(dead.len(), 5, "{reasons:?}");
@@ -513,12 +495,9 @@ async fn bad_input_is_dead_lettered_with_the_reason() {
     // Requeue the untrusted one after trusting its key: it now runs.
     worker.stop().await;
     let both = celeriac_signing::TrustStore::from_keys(
-        [
-            publisher.dir.path().join("trust/alice.pub"),
-            stranger.dir.path().join("trust/alice.pub"),
-        ]
-        .iter()
-        .map(|p| celeriac_signing::PublicKey::load(p).unwrap()),
+        [f.publisher.public_key(), stranger.public_key()]
+            .iter()
+            .map(|p| celeriac_signing::PublicKey::load(p).unwrap()),
     );
     let worker = RunningWorker::start(b.clone(), both, quick_config("lenient"));
     let letter = dead
@@ -537,11 +516,9 @@ async fn bad_input_is_dead_lettered_with_the_reason() {
 /// Results expire; ignore_result stores none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_expire_and_can_be_ignored() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
+    let worker = f.worker(quick_config("w"));
     let short = SubmitOptions {
         result_ttl: Some(Duration::from_secs(1)),
         ..SubmitOptions::default()
@@ -572,6 +549,7 @@ async fn results_expire_and_can_be_ignored() {
             .unwrap()
             .is_none()
     );
+    // The behaviour under test: the 1 s TTL passes.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(
         client::result(b.as_ref(), &id).await.unwrap().is_none(),
@@ -580,18 +558,13 @@ async fn results_expire_and_can_be_ignored() {
     worker.stop().await;
 }
 
-fn upload_options() -> celeriac_broker::registry::UploadOptions<'static> {
-    celeriac_broker::registry::UploadOptions::new(&crate::common::worker_check)
-}
-
 /// Uploading the same bytes twice is a no-op; a new version moves the name
 /// while messages pinned to the old digest still run it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    let v1 = crate::common::read_component("math");
+    let f = Fixture::new(&[]).await;
+    let (b, publisher) = (&f.broker, &f.publisher);
+    let v1 = crate::support::read_component("math");
     let sig1 = celeriac_signing::sign_component(&v1, &publisher.key, "math").unwrap();
     let up = celeriac_broker::registry::upload(
         b.as_ref(),
@@ -622,7 +595,7 @@ async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
         &SubmitOptions::default(),
     )
     .await;
-    let v2 = crate::common::read_component("text");
+    let v2 = crate::support::read_component("text");
     let sig2 = celeriac_signing::sign_component(&v2, &publisher.key, "math").unwrap();
     let up2 = celeriac_broker::registry::upload(
         b.as_ref(),
@@ -639,7 +612,7 @@ async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
         up2.digest
     );
 
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let worker = f.worker(quick_config("w"));
     // The message submitted before the move runs v1, exactly as resolved.
     assert_eq!(wait(b.as_ref(), &pinned).await.result, Some(json!(42)));
     let moved = submit(
@@ -660,14 +633,12 @@ async fn new_versions_move_the_name_and_old_digests_stay_runnable() {
 /// had prefetched, and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_hands_back_unstarted_work() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["misbehave"]).await;
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = &f.broker;
     let mut config = quick_config("stopper");
     config.concurrency = 1;
     config.track_started = true;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), config);
+    let worker = f.worker(config);
     // Short tasks first: a worker prefetches only once it has seen tasks
     // finish quickly.
     let warmup = client::submit_many(
@@ -690,18 +661,20 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     .await
     .unwrap();
     // Stop once one of them is running (whichever got the slot).
-    'started: loop {
-        for id in &ids {
-            if client::result(b.as_ref(), id)
-                .await
-                .unwrap()
-                .is_some_and(|r| r.state == TaskState::Started)
-            {
-                break 'started;
+    wait_for(
+        "one of the three to start",
+        Duration::from_secs(20),
+        async || {
+            for id in &ids {
+                let r = client::result(b.as_ref(), id).await.expect("read a record");
+                if r.is_some_and(|r| r.state == TaskState::Started) {
+                    return true;
+                }
             }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            false
+        },
+    )
+    .await;
     let summary = worker.stop().await;
     assert_eq!(summary.processed, 6);
     assert_eq!(summary.requeued_on_shutdown, 2);
@@ -717,7 +690,7 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
     let stats = b.queue_stats("default").await.unwrap();
     assert_eq!((stats.ready, stats.in_flight), (2, 0), "{stats:?}");
 
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("next"));
+    let worker = f.worker(quick_config("next"));
     for id in &ids {
         assert_eq!(wait(b.as_ref(), id).await.state, TaskState::Success);
     }
@@ -729,11 +702,9 @@ async fn graceful_shutdown_hands_back_unstarted_work() {
 /// unsubscribed once nobody waits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_waits_share_one_subscriber() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("waits"));
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
+    let worker = f.worker(quick_config("waits"));
     // Due shortly, so every waiter is subscribed before any result exists.
     let opts = SubmitOptions {
         eta: Some(SystemTime::now() + Duration::from_millis(500)),
@@ -759,27 +730,25 @@ async fn concurrent_waits_share_one_subscriber() {
     }
     assert_eq!(seen, 41);
 
-    let mut redis = redis::Client::open(crate::common::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let channels: Vec<String> = ids.iter().map(|id| format!("{}result:{id}", p.0)).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channels)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let still: Vec<_> = counts.iter().filter(|(_, n)| *n > 0).collect();
-        if still.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still subscribed: {still:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut redis = f.redis();
+    let channels: Vec<String> = ids
+        .iter()
+        .map(|id| f.key(&format!("result:{id}")))
+        .collect();
+    wait_for(
+        "every result channel to be unsubscribed",
+        Duration::from_secs(5),
+        async || {
+            let counts: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channels)
+                .query(&mut redis)
+                .expect("PUBSUB NUMSUB");
+            let still: Vec<_> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+            if still.is_empty() { Ok(()) } else { Err(still) }
+        },
+    )
+    .await;
     worker.stop().await;
 }
 
@@ -787,11 +756,9 @@ async fn concurrent_waits_share_one_subscriber() {
 /// and a submit that fails returns its error at once, not after the wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_and_wait_returns_the_result_or_the_submit_error() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
-    publisher.upload(b.as_ref(), &["math"]).await;
-    let worker = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("call"));
+    let f = Fixture::new(&["math"]).await;
+    let b = &f.broker;
+    let worker = f.worker(quick_config("call"));
     let opts = SubmitOptions::default();
     for i in 0..20 {
         let (id, r) = client::submit_and_wait(

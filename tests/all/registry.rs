@@ -5,13 +5,16 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::{Prefix, Publisher, RunningWorker, quick_config, read_component, worker_check};
+use crate::support::{
+    Fixture, Outcome, Prefix, Publisher, RunningWorker, TestCommand, finished, quick_config,
+    read_component, redis_url, request, upload_options, worker_check,
+};
 use celeriac_broker::registry::{self as registry, RegistryError, UploadOptions};
 use celeriac_broker::{Broker, ModuleInfo};
-use celeriac_client::{self as client, SubmitOptions, TaskRequest};
+use celeriac_client::{self as client, SubmitOptions};
 use celeriac_protocol::record::TaskState;
 use celeriac_sandbox::{Origin, Sandbox, SandboxConfig};
 use celeriac_signing::{
@@ -26,19 +29,11 @@ fn at(secs: u64) -> SystemTime {
 }
 
 fn options() -> UploadOptions<'static> {
-    UploadOptions::new(&worker_check)
+    upload_options()
 }
 
 fn sign(p: &Publisher, bytes: &[u8], module: &str, secs: u64) -> SignatureFile {
     sign_component_at(bytes, &p.key, module, at(secs)).unwrap()
-}
-
-fn request(task: &str, args: Value) -> TaskRequest {
-    TaskRequest {
-        task: task.into(),
-        args: args.as_array().cloned().unwrap_or_default(),
-        kwargs: Default::default(),
-    }
 }
 
 async fn run_task(
@@ -46,13 +41,8 @@ async fn run_task(
     task: &str,
     args: Value,
 ) -> celeriac_protocol::record::ResultRecord {
-    let id = client::submit(b, request(task, args), &SubmitOptions::default())
-        .await
-        .unwrap();
-    client::wait(b, &id, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("no result for {task}"))
+    let id = crate::support::submit(b, task, args, &SubmitOptions::default()).await;
+    finished(b, &id, Duration::from_secs(30)).await
 }
 
 /// `bytes` with every occurrence of `from` replaced by `to` (same length,
@@ -84,20 +74,19 @@ fn key_pair(dir: &Path, name: &str) -> (KeyPair, PublicKey) {
     )
 }
 
+/// `celeriac ARGS…` on the test Redis (the prefix is a flag of the
+/// command line here, not an environment setting), with compile cache
+/// `cache`.
 fn celeriac(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_celeriac"))
+    TestCommand::new()
+        .cache(cache)
+        .broker(&redis_url())
         .args(args)
-        .env("CELERIAC_CACHE_DIR", cache)
-        .env("CELERIAC_BROKER", crate::common::redis_url())
-        .env_remove("CELERIAC_TRUST")
-        .env_remove("CELERIAC_LOG")
-        .env_remove("CELERIAC_PREFIX")
         .output()
-        .expect("run celeriac")
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    o.stderr_text()
 }
 
 // ---------------------------------------------------------------------
@@ -109,14 +98,13 @@ fn stderr(o: &Output) -> String {
 /// and the module keeps pointing at its good version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_refuses_what_a_worker_could_not_run() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
+    let f = Fixture::new(&[]).await;
+    let (b, publisher) = (&f.broker, &f.publisher);
     let math = read_component("math");
     let good = registry::upload(
         b.as_ref(),
         &math,
-        &sign(&publisher, &math, "math", 0),
+        &sign(publisher, &math, "math", 0),
         &publisher.trust,
         options(),
     )
@@ -152,7 +140,7 @@ async fn upload_refuses_what_a_worker_could_not_run() {
     ];
     for (what, bytes, reason) in cases {
         // Signed later than the good version, so only the check stops it.
-        let sig = sign(&publisher, &bytes, "math", 10);
+        let sig = sign(publisher, &bytes, "math", 10);
         let e = registry::upload(b.as_ref(), &bytes, &sig, &publisher.trust, options())
             .await
             .expect_err(what)
@@ -200,7 +188,7 @@ fn celeriac_upload_reports_refusals_in_one_line() {
     let (junk_s, trust_s) = (junk.to_str().unwrap(), trust.to_str().unwrap());
 
     let up = celeriac(
-        &["upload", junk_s, "--trust", trust_s, "--prefix", &p.0],
+        &["upload", junk_s, "--trust", trust_s, "--prefix", p.name()],
         &cache,
     );
     assert_eq!(up.status.code(), Some(2), "{}", stderr(&up));
@@ -223,7 +211,7 @@ fn celeriac_upload_reports_refusals_in_one_line() {
             "--trust",
             trust_s,
             "--prefix",
-            &p.0,
+            p.name(),
             "--max-size",
             "1MiB",
         ],
@@ -238,7 +226,7 @@ fn celeriac_upload_reports_refusals_in_one_line() {
         )
     );
 
-    let listed = celeriac(&["components", "--json", "--prefix", &p.0], &cache);
+    let listed = celeriac(&["components", "--json", "--prefix", p.name()], &cache);
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
 }
 
@@ -249,14 +237,13 @@ fn celeriac_upload_reports_refusals_in_one_line() {
 /// the upload allows a downgrade; then the module moves back to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_version_is_refused_unless_a_downgrade_is_allowed() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
+    let f = Fixture::new(&[]).await;
+    let (b, publisher) = (&f.broker, &f.publisher);
     // "v2": the text component signed as module math, a day later.
     let (v1, v2) = (read_component("math"), read_component("text"));
     let (sig1, sig2) = (
-        sign(&publisher, &v1, "math", 0),
-        sign(&publisher, &v2, "math", 86_400),
+        sign(publisher, &v1, "math", 0),
+        sign(publisher, &v2, "math", 86_400),
     );
     let trust = &publisher.trust;
     registry::upload(b.as_ref(), &v2, &sig2, trust, options())
@@ -291,17 +278,16 @@ async fn an_older_version_is_refused_unless_a_downgrade_is_allowed() {
     );
 
     // The same through the binary: refused, then allowed with the flag.
-    let cli = Publisher::new();
-    let files = cli.dir.path();
-    let cache = files.join("cache");
-    let trust_dir = cli.trust_dir();
-    let prefix = Prefix::new();
+    let cli = Fixture::new(&[]).await;
+    let files = cli.publisher.dir.path();
+    let cache = cli.cache_dir();
+    let trust_dir = cli.publisher.trust_dir();
     for (name, bytes, secs) in [("new", &v2, 86_400), ("old", &v1, 0)] {
         let path = files.join(format!("{name}.wasm"));
         std::fs::write(&path, bytes).unwrap();
         std::fs::write(
             signature_path(&path),
-            sign(&cli, bytes, "math", secs).to_json(),
+            sign(&cli.publisher, bytes, "math", secs).to_json(),
         )
         .unwrap();
     }
@@ -313,10 +299,10 @@ async fn an_older_version_is_refused_unless_a_downgrade_is_allowed() {
             "--trust",
             trust_dir.to_str().unwrap(),
             "--prefix",
-            &prefix.0,
+            cli.prefix(),
         ];
         args.extend_from_slice(extra);
-        celeriac(&args, &cache)
+        celeriac(&args, cache)
     };
     assert_eq!(upload("new", &[]).status.code(), Some(0));
     let refused = upload("old", &[]);
@@ -345,12 +331,11 @@ async fn an_older_version_is_refused_unless_a_downgrade_is_allowed() {
 /// workers that trust the old key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_keys_and_second_modules_keep_their_signatures() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let alice = Publisher::new();
+    let f = Fixture::new(&[]).await;
+    let (b, alice) = (&f.broker, &f.publisher);
     let keys = tempfile::tempdir().unwrap();
     let (bob, bob_pub) = key_pair(keys.path(), "bob");
-    let alice_pub = PublicKey::load(&alice.dir.path().join("trust/alice.pub")).unwrap();
+    let alice_pub = PublicKey::load(&alice.public_key()).unwrap();
     let uploader = TrustStore::from_keys([alice_pub, bob_pub.clone()]);
     let math = read_component("math");
     let digest = Digest::of(&math);
@@ -358,7 +343,7 @@ async fn rotated_keys_and_second_modules_keep_their_signatures() {
     let first = registry::upload(
         b.as_ref(),
         &math,
-        &sign(&alice, &math, "math", 0),
+        &sign(alice, &math, "math", 0),
         &uploader,
         options(),
     )
@@ -373,7 +358,7 @@ async fn rotated_keys_and_second_modules_keep_their_signatures() {
     registry::upload(
         b.as_ref(),
         &math,
-        &sign(&alice, &math, "calc", 2),
+        &sign(alice, &math, "calc", 2),
         &uploader,
         options(),
     )
@@ -415,7 +400,7 @@ async fn rotated_keys_and_second_modules_keep_their_signatures() {
     w.stop().await;
 
     // Alice's workers run both modules.
-    let w = RunningWorker::start(b.clone(), alice.trust.clone(), quick_config("alice"));
+    let w = f.worker(quick_config("alice"));
     for task in ["math.add", "calc.add"] {
         let r = run_task(b.as_ref(), task, json!([20, 22])).await;
         assert_eq!(r.result, Some(json!(42)), "{task}: {r:?}");
@@ -428,16 +413,12 @@ async fn rotated_keys_and_second_modules_keep_their_signatures() {
 
 /// Seconds since Redis last read or wrote `key` (OBJECT IDLETIME does not
 /// itself count as an access).
-fn idle_seconds(key: &str) -> u64 {
-    let mut conn = redis::Client::open(crate::common::redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+fn idle_seconds(f: &Fixture, key: &str) -> u64 {
     redis::cmd("OBJECT")
         .arg("IDLETIME")
         .arg(key)
-        .query(&mut conn)
-        .unwrap()
+        .query(&mut f.redis())
+        .expect("OBJECT IDLETIME")
 }
 
 /// 8 MiB of junk in the store with a signature by a key the worker does
@@ -447,9 +428,8 @@ fn idle_seconds(key: &str) -> u64 {
 /// even read the signatures again: the refusal is remembered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_components_are_refused_without_fetching_them() {
-    let p = Prefix::new();
-    let b = p.broker().await;
-    let publisher = Publisher::new();
+    let f = Fixture::new(&[]).await;
+    let b = &f.broker;
     let stranger = Publisher::new();
     let junk: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     let digest = Digest::of(&junk);
@@ -457,13 +437,10 @@ async fn untrusted_components_are_refused_without_fetching_them() {
     // Planted as anyone who can write to Redis could: in the layout of
     // this release and of the previous one (signature beside the bytes).
     let (bytes_key, sigs_key) = (
-        format!("{}component:{digest}", p.0),
-        format!("{}component-sigs:{digest}", p.0),
+        f.key(&format!("component:{digest}")),
+        f.key(&format!("component-sigs:{digest}")),
     );
-    let mut conn = redis::Client::open(crate::common::redis_url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut conn = f.redis();
     let key_id = &SignatureFile::from_json(sig.as_bytes()).unwrap().key_id;
     let _: () = redis::pipe()
         .cmd("HSET")
@@ -490,10 +467,11 @@ async fn untrusted_components_are_refused_without_fetching_them() {
     })
     .await
     .unwrap();
-    // Let the idle clocks (1 s resolution) move past any access above.
+    // The behaviour under test is time passing unread: let the idle
+    // clocks (1 s resolution) move past any access above.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let w = RunningWorker::start(b.clone(), publisher.trust.clone(), quick_config("w"));
+    let w = f.worker(quick_config("w"));
     let submit_batch = |n: usize| {
         let b = b.clone();
         async move {
@@ -502,10 +480,7 @@ async fn untrusted_components_are_refused_without_fetching_them() {
                 .await
                 .unwrap();
             for id in ids {
-                let r = client::wait(b.as_ref(), &id, Duration::from_secs(30))
-                    .await
-                    .unwrap()
-                    .unwrap();
+                let r = finished(b.as_ref(), &id, Duration::from_secs(30)).await;
                 assert_eq!(r.state, TaskState::Failure);
                 let msg = r.error.unwrap().message;
                 assert!(msg.contains("refused: unknown key"), "{msg}");
@@ -514,13 +489,14 @@ async fn untrusted_components_are_refused_without_fetching_them() {
     };
     submit_batch(40).await;
     assert!(
-        idle_seconds(&bytes_key) >= 2,
+        idle_seconds(&f, &bytes_key) >= 2,
         "the refused component's bytes were read"
     );
+    // Again time passing unread, now for the signatures.
     tokio::time::sleep(Duration::from_secs(3)).await;
     submit_batch(10).await;
     assert!(
-        idle_seconds(&sigs_key) >= 2,
+        idle_seconds(&f, &sigs_key) >= 2,
         "a remembered refusal read the signatures again"
     );
     assert_eq!(b.dlq_list("default", 100).await.unwrap().len(), 50);
@@ -581,7 +557,7 @@ fn a_cache_directory_others_can_write_stops_the_sandbox() {
             "compile cache {r} is writable by group and others: chmod 700 {r} (or set CELERIAC_CACHE_DIR)"
         )
     );
-    let math = crate::common::component("math");
+    let math = crate::support::component("math");
     let run = |cache: &Path| {
         celeriac(
             &["run", math.to_str().unwrap(), "math.add", "[2, 3]"],

@@ -2,7 +2,10 @@
 //! failures, every limit, isolation and the compile cache.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::support::wait_for;
 
 use celeriac_sandbox::{
     FailureKind, HOST_FUEL_PER_BYTE, Limits, LoadedComponent, Origin, Sandbox, SandboxConfig,
@@ -31,7 +34,7 @@ fn sandbox() -> Fixture {
 
 fn load(f: &Fixture, name: &str) -> Arc<LoadedComponent> {
     f.sandbox
-        .load(&crate::common::read_component(name))
+        .load(&crate::support::read_component(name))
         .unwrap()
         .0
 }
@@ -489,15 +492,22 @@ async fn concurrent_spinners_do_not_starve_others() {
         ..Limits::default()
     };
     let mut spinners = Vec::new();
+    let started = Arc::new(AtomicUsize::new(0));
     for i in 0..3 {
-        let (f, m, limits) = (f.clone(), m.clone(), limits.clone());
+        let (f, m, limits, started) = (f.clone(), m.clone(), limits.clone(), started.clone());
         spinners.push(tokio::spawn(async move {
             let mut c = call("misbehave", "spin", json!([]));
             c.id = format!("spinner-{i}");
+            started.fetch_add(1, Ordering::SeqCst);
             f.sandbox.run(&m, &c, &limits).await.result
         }));
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_for(
+        "the three spinners to start",
+        Duration::from_secs(10),
+        async || started.load(Ordering::SeqCst) == 3,
+    )
+    .await;
     assert_eq!(
         run(&f, &math, "math", "add", json!([1, 1])).await.unwrap(),
         json!(2)
@@ -624,7 +634,7 @@ fn compiled_code_is_cached_on_disk() {
         cache_dir: Some(cache.path().to_path_buf()),
         ..SandboxConfig::default()
     };
-    let bytes = crate::common::read_component("math");
+    let bytes = crate::support::read_component("math");
 
     let first = Sandbox::new(config.clone()).unwrap();
     assert_eq!(first.load(&bytes).unwrap().1, Origin::Compiled);

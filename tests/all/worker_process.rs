@@ -4,30 +4,29 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::common::{
-    Prefix, PrivateRedis, Publisher, WorkerProcess, celeriac, free_port, http_get,
+use crate::support::{
+    Fixture, Outcome, PrivateRedis, TestCommand, WorkerProcess, component, free_port, http_get,
+    wait_for, workspace_root,
 };
 use celeriac_client::{self as client, SubmitOptions, TaskRequest};
 use celeriac_protocol::record::TaskState;
 use serde_json::json;
 
 fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    o.stdout_text()
 }
 
 fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    o.stderr_text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_submit_worker_result_across_processes() {
-    let p = Prefix::new();
-    let url = crate::common::redis_url();
-    let publisher = Publisher::new();
-    let cache = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| celeriac(&url, &p.0, cache.path(), args);
+    let f = Fixture::new(&[]).await;
+    let publisher = &f.publisher;
+    let run = |args: &[&str]| f.celeriac(args);
     let trust = publisher.trust_dir();
     let trust_s = trust.to_str().unwrap();
 
@@ -70,15 +69,8 @@ async fn upload_submit_worker_result_across_processes() {
 
     let metrics_port = free_port();
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
-    let worker = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &trust,
-        "proc-w1",
-        &["--metrics", &metrics_addr],
-    );
-    let broker = p.broker().await;
+    let worker = f.worker_process("proc-w1", &["--metrics", &metrics_addr]);
+    let broker = &f.broker;
     worker.ready(broker.as_ref()).await;
 
     let o = run(&["submit", "math.add", "[2, 3]", "--wait"]);
@@ -155,12 +147,8 @@ async fn upload_submit_worker_result_across_processes() {
 /// every task still ends with a SUCCESS result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_batch_loses_nothing() {
-    let p = Prefix::new();
-    let url = crate::common::redis_url();
-    let publisher = Publisher::new();
-    let cache = tempfile::tempdir().unwrap();
-    let broker = p.broker().await;
-    publisher.upload(broker.as_ref(), &["math"]).await;
+    let f = Fixture::new(&["math"]).await;
+    let broker = &f.broker;
 
     let opts = [
         "--concurrency",
@@ -170,9 +158,8 @@ async fn sigkill_during_a_batch_loses_nothing() {
         "--visibility-timeout",
         "2s",
     ];
-    let trust = publisher.trust_dir();
-    let mut a = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "victim", &opts);
-    let b = WorkerProcess::start(&url, &p.0, cache.path(), &trust, "survivor", &opts);
+    let mut a = f.worker_process("victim", &opts);
+    let b = f.worker_process("survivor", &opts);
     a.ready(broker.as_ref()).await;
     b.ready(broker.as_ref()).await;
 
@@ -197,23 +184,26 @@ async fn sigkill_during_a_batch_loses_nothing() {
         .unwrap();
 
     // Kill the victim as soon as it has finished some of the work.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    'wait: loop {
-        let mut by_victim = 0;
-        for id in &ids[..200] {
-            if client::result(broker.as_ref(), id)
-                .await
-                .unwrap()
-                .is_some_and(|r| r.worker == "victim")
-            {
-                by_victim += 1;
-                if by_victim >= 10 {
-                    break 'wait;
+    wait_for(
+        "the victim to finish 10 tasks",
+        Duration::from_secs(60),
+        async || {
+            let mut by_victim = 0;
+            for id in &ids[..200] {
+                let r = client::result(broker.as_ref(), id)
+                    .await
+                    .expect("read a record");
+                if r.is_some_and(|r| r.worker == "victim") {
+                    by_victim += 1;
+                    if by_victim >= 10 {
+                        return Ok(());
+                    }
                 }
             }
-        }
-        assert!(Instant::now() < deadline, "victim never got going");
-    }
+            Err(format!("{by_victim} by the victim"))
+        },
+    )
+    .await;
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     let mut finished_at_kill = 0;
@@ -264,20 +254,9 @@ async fn sigkill_during_a_batch_loses_nothing() {
 /// process exits 0; a second signal is not needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_work() {
-    let p = Prefix::new();
-    let url = crate::common::redis_url();
-    let publisher = Publisher::new();
-    let cache = tempfile::tempdir().unwrap();
-    let broker = p.broker().await;
-    publisher.upload(broker.as_ref(), &["misbehave"]).await;
-    let mut w = WorkerProcess::start(
-        &url,
-        &p.0,
-        cache.path(),
-        &publisher.trust_dir(),
-        "term",
-        &["--concurrency", "1"],
-    );
+    let f = Fixture::new(&["misbehave"]).await;
+    let broker = &f.broker;
+    let mut w = f.worker_process("term", &["--concurrency", "1"]);
     w.ready(broker.as_ref()).await;
     let req = |ms: u64| TaskRequest {
         task: "misbehave.sleep".into(),
@@ -292,11 +271,15 @@ async fn sigterm_finishes_in_flight_work() {
     .await
     .unwrap();
     // Wait until the first task is running.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while broker.workers().await.unwrap().iter().all(|x| x.busy == 0) {
-        assert!(Instant::now() < deadline, "task never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "the first task to start",
+        Duration::from_secs(20),
+        async || {
+            let workers = broker.workers().await.expect("list workers");
+            workers.iter().any(|x| x.busy > 0)
+        },
+    )
+    .await;
     w.signal("-TERM");
     let status = w.exit_within(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
@@ -324,20 +307,9 @@ async fn sigterm_finishes_in_flight_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_a_redis_restart() {
     let server = PrivateRedis::start();
-    let url = server.url();
-    let prefix = "restart:";
-    let publisher = Publisher::new();
-    let cache = tempfile::tempdir().unwrap();
-    let broker = celeriac_broker::connect(&url, prefix).await.unwrap();
-    publisher.upload(broker.as_ref(), &["math"]).await;
-    let w = WorkerProcess::start(
-        &url,
-        prefix,
-        cache.path(),
-        &publisher.trust_dir(),
-        "phoenix",
-        &[],
-    );
+    let f = Fixture::on(&server.url(), &["math"]).await;
+    let broker = &f.broker;
+    let w = f.worker_process("phoenix", &[]);
     w.ready(broker.as_ref()).await;
 
     let add = |a: i64| TaskRequest {
@@ -359,16 +331,17 @@ async fn worker_survives_a_redis_restart() {
 
     let server = server.restart();
     // Everything was lost with the old server: upload again, then submit.
-    let broker = celeriac_broker::connect(&url, prefix).await.unwrap();
-    publisher.upload(broker.as_ref(), &["math"]).await;
+    let broker = celeriac_broker::connect(f.url(), f.prefix())
+        .await
+        .expect("connect to the restarted Redis");
+    f.publisher.upload(broker.as_ref(), &["math"]).await;
     let id = client::submit(broker.as_ref(), add(41), &SubmitOptions::default())
         .await
         .unwrap();
     let r = client::wait(broker.as_ref(), &id, Duration::from_secs(30))
         .await
         .unwrap();
-    let log = std::fs::read_to_string(cache.path().join("phoenix.log")).unwrap_or_default();
-    let r = r.unwrap_or_else(|| panic!("no result after the restart; worker log:\n{log}"));
+    let r = r.unwrap_or_else(|| panic!("no result after the restart; worker log:\n{}", w.log()));
     assert_eq!(
         (r.state, r.result, r.worker.as_str()),
         (TaskState::Success, Some(json!(42)), "phoenix")
@@ -380,15 +353,14 @@ async fn worker_survives_a_redis_restart() {
 /// `celeriac demo` runs the whole flow in one process, with no Redis.
 #[test]
 fn demo_needs_no_redis() {
-    let cache = tempfile::tempdir().unwrap();
-    crate::common::component("math");
-    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-        .current_dir(crate::common::workspace_root())
+    let cache = tempfile::tempdir().expect("a cache directory");
+    component("math");
+    let o = TestCommand::new()
+        .current_dir(&workspace_root())
         .args(["demo", "--tasks", "300"])
-        .env("CELERIAC_BROKER", "redis://127.0.0.1:1")
-        .env("CELERIAC_CACHE_DIR", cache.path())
-        .output()
-        .unwrap();
+        .broker("redis://127.0.0.1:1")
+        .cache(cache.path())
+        .output();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("300 tasks in"), "{out}");
@@ -404,7 +376,8 @@ async fn password_urls_authenticate_and_stay_secret() {
     let server = PrivateRedis::start_with(&["--requirepass", "s3cret-pass"]);
     let good = format!("redis://:s3cret-pass@127.0.0.1:{}", server.port);
     let bad = format!("redis://:wrong-pass@127.0.0.1:{}", server.port);
-    let broker = celeriac_broker::connect(&good, "auth:").await.unwrap();
+    let f = Fixture::on(&good, &[]).await;
+    let broker = &f.broker;
     assert!(broker.queues().await.unwrap().is_empty());
     assert!(
         !broker.describe().contains("s3cret"),
@@ -412,8 +385,8 @@ async fn password_urls_authenticate_and_stay_secret() {
         broker.describe()
     );
 
-    let cache = tempfile::tempdir().unwrap();
-    let o = celeriac(&bad, "auth:", cache.path(), &["status"]);
+    let celeriac = |url: &str, args: &[&str]| f.cli().broker(url).args(args).output();
+    let o = celeriac(&bad, &["status"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
@@ -421,7 +394,7 @@ async fn password_urls_authenticate_and_stay_secret() {
         "{err}"
     );
     assert!(!err.contains("wrong-pass"), "{err}");
-    let o = celeriac(&good, "auth:", cache.path(), &["status"]);
+    let o = celeriac(&good, &["status"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -505,18 +478,18 @@ async fn tls_redis_with_a_private_ca() {
     let ca = path("ca.pem");
     // Everything over TLS goes through the real binary, with the CA in its
     // environment (this process's environment is left alone).
-    let cache = tempfile::tempdir().unwrap();
-    let celeriac_tls = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_celeriac"))
-            .args(args)
-            .env("CELERIAC_BROKER", &url)
-            .env("CELERIAC_PREFIX", "tls:")
-            .env("CELERIAC_CACHE_DIR", cache.path())
-            .env("CELERIAC_REDIS_CA", &ca)
-            .output()
-            .unwrap()
+    let cache = tempfile::tempdir().expect("a cache directory");
+    let tls = || {
+        let mut command = TestCommand::new();
+        command
+            .broker(&url)
+            .prefix("tls:")
+            .cache(cache.path())
+            .env("CELERIAC_REDIS_CA", &ca);
+        command
     };
-    let publisher = Publisher::new();
+    let celeriac_tls = |args: &[&str]| tls().args(args).output();
+    let publisher = crate::support::Publisher::new();
     let math = publisher.signed_file("math");
     let trust = publisher.trust_dir();
     let o = celeriac_tls(&[
@@ -526,15 +499,7 @@ async fn tls_redis_with_a_private_ca() {
         trust.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mut w = WorkerProcess::start_env(
-        &url,
-        "tls:",
-        cache.path(),
-        &trust,
-        "tls-w",
-        &[],
-        &[("CELERIAC_REDIS_CA", &ca)],
-    );
+    let mut w = WorkerProcess::start(tls(), &trust, "tls-w", cache.path(), &[]);
     let o = celeriac_tls(&[
         "submit",
         "math.add",
@@ -551,12 +516,7 @@ async fn tls_redis_with_a_private_ca() {
     );
 
     // Without the CA the certificate is refused, with a clear error.
-    let o = Command::new(env!("CARGO_BIN_EXE_celeriac"))
-        .args(["status"])
-        .env("CELERIAC_BROKER", &url)
-        .env_remove("CELERIAC_REDIS_CA")
-        .output()
-        .unwrap();
+    let o = TestCommand::new().broker(&url).arg("status").output();
     assert_eq!(o.status.code(), Some(5));
     assert!(
         stderr(&o).contains("cannot reach the broker at rediss://localhost"),

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 
 use super::{
     Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
-    Disposition, FetchLimits, ModuleInfo, Outgoing, Pending, QueueStats, ResultWrite,
-    StoredComponent, WorkerInfo, signature_slot,
+    Disposition, FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats,
+    ResultWrite, StoredComponent, WorkerInfo, signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::{now_ms, record::state_of};
@@ -44,13 +44,33 @@ struct Queue {
     held: HashMap<String, Held>,
     delayed: BTreeMap<(u64, u64), String>,
     dead: VecDeque<DeadLetter>,
+    /// Consumers by name, with when each was last handed a message (as a
+    /// Redis consumer group's members, for `prune_consumers`).
+    consumers: HashMap<String, Instant>,
 }
 
 struct Held {
     consumer: String,
+    /// The whole message, even when the consumer was handed a prefix: a
+    /// consumer that takes it over may read more of it.
     payload: Arc<str>,
     deliveries: u64,
     renewed: Instant,
+}
+
+/// A delivery of `payload`, cut to a prefix when over `max` bytes (see
+/// [`Delivery::is_oversize`]), sharing it otherwise.
+fn deliver(queue: &str, id: &str, payload: &Arc<str>, deliveries: u64, max: usize) -> Delivery {
+    if payload.len() <= max {
+        return Delivery {
+            queue: queue.to_string(),
+            id: id.to_string(),
+            payload: payload.clone(),
+            size: payload.len(),
+            deliveries,
+        };
+    }
+    Delivery::bounded(queue, id.to_string(), payload.to_string(), deliveries, max)
 }
 
 impl MemoryBroker {
@@ -70,8 +90,15 @@ impl State {
         format!("{}-{}", now_ms(), self.seq)
     }
 
+    /// The queue `name`, created if new: only for what makes a queue
+    /// exist (enqueueing, declaring, fetching), as Redis lists it.
     fn queue(&mut self, name: &str) -> &mut Queue {
         self.queues.entry(name.to_string()).or_default()
+    }
+
+    /// The queue `name` if it exists; looking at one does not create it.
+    fn existing(&mut self, name: &str) -> Option<&mut Queue> {
+        self.queues.get_mut(name)
     }
 
     fn push_ready(&mut self, queue: &str, payload: String, deliveries: u64) {
@@ -187,7 +214,12 @@ impl Broker for MemoryBroker {
                         let Some((_, payload, _)) = queue.ready.front() else {
                             break;
                         };
-                        let cost = payload.len().min(limits.max_message_bytes);
+                        // An oversized message costs only the prefix handed out.
+                        let cost = if payload.len() > limits.max_message_bytes {
+                            OVERSIZE_PREFIX.min(payload.len())
+                        } else {
+                            payload.len()
+                        };
                         if !out.is_empty() && bytes + cost > limits.max_bytes {
                             break;
                         }
@@ -195,22 +227,18 @@ impl Broker for MemoryBroker {
                         let Some((id, payload, deliveries)) = queue.ready.pop_front() else {
                             break;
                         };
-                        let d = Delivery::bounded(
-                            q,
-                            id.clone(),
-                            payload,
-                            deliveries + 1,
-                            limits.max_message_bytes,
-                        );
+                        let payload: Arc<str> = payload.into();
+                        let d = deliver(q, &id, &payload, deliveries + 1, limits.max_message_bytes);
                         queue.held.insert(
                             id,
                             Held {
                                 consumer: consumer.to_string(),
-                                payload: d.payload.clone(),
+                                payload,
                                 deliveries: deliveries + 1,
                                 renewed: Instant::now(),
                             },
                         );
+                        queue.consumers.insert(consumer.to_string(), Instant::now());
                         out.push(d);
                     }
                 }
@@ -228,7 +256,9 @@ impl Broker for MemoryBroker {
         let mut s = self.lock();
         let mut moved = 0;
         for q in queues {
-            let queue = s.queue(q);
+            let Some(queue) = s.existing(q) else {
+                continue;
+            };
             let later = queue.delayed.split_off(&(now + 1, 0));
             let due = std::mem::replace(&mut queue.delayed, later);
             for (_, payload) in due {
@@ -251,7 +281,7 @@ impl Broker for MemoryBroker {
         let mut s = self.lock();
         let mut lost = Vec::new();
         for (q, id) in held {
-            match s.queue(q).held.get_mut(id) {
+            match s.existing(q).and_then(|queue| queue.held.get_mut(id)) {
                 Some(h) if h.consumer == consumer => h.renewed = Instant::now(),
                 _ => lost.push((q.clone(), id.clone())),
             }
@@ -267,8 +297,10 @@ impl Broker for MemoryBroker {
         max: usize,
     ) -> BrokerResult<Vec<Pending>> {
         let mut s = self.lock();
-        let mut out: Vec<Pending> = s
-            .queue(queue)
+        let Some(queue) = s.existing(queue) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Pending> = queue
             .held
             .iter()
             .filter(|(_, h)| h.consumer != consumer && h.renewed.elapsed() >= min_idle)
@@ -289,10 +321,12 @@ impl Broker for MemoryBroker {
         queue: &str,
         consumer: &str,
         claims: &[Claim],
-        _max_message_bytes: usize,
+        max_message_bytes: usize,
     ) -> BrokerResult<Vec<Delivery>> {
         let mut s = self.lock();
-        let q = s.queue(queue);
+        let Some(q) = s.existing(queue) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for c in claims {
             if let Some(h) = q.held.get_mut(&c.id)
@@ -301,26 +335,46 @@ impl Broker for MemoryBroker {
                 h.consumer = consumer.to_string();
                 h.renewed = Instant::now();
                 h.deliveries += 1;
-                out.push(Delivery {
-                    queue: queue.to_string(),
-                    id: c.id.clone(),
-                    payload: h.payload.clone(),
-                    size: h.payload.len(),
-                    deliveries: h.deliveries,
-                });
+                out.push(deliver(
+                    queue,
+                    &c.id,
+                    &h.payload,
+                    h.deliveries,
+                    max_message_bytes,
+                ));
             }
+        }
+        if !out.is_empty() {
+            q.consumers.insert(consumer.to_string(), Instant::now());
         }
         Ok(out)
     }
 
     async fn prune_consumers(
         &self,
-        _queue: &str,
-        _min_idle: Duration,
-        _consumer: Option<&str>,
+        queue: &str,
+        min_idle: Duration,
+        consumer: Option<&str>,
     ) -> BrokerResult<u64> {
-        // Consumers exist here only as names on held messages.
-        Ok(0)
+        let mut s = self.lock();
+        let Some(q) = s.existing(queue) else {
+            return Ok(0);
+        };
+        let holding: std::collections::HashSet<&str> =
+            q.held.values().map(|h| h.consumer.as_str()).collect();
+        let gone: Vec<String> = q
+            .consumers
+            .iter()
+            .filter(|(name, seen)| {
+                !holding.contains(name.as_str())
+                    && (consumer == Some(name.as_str()) || seen.elapsed() >= min_idle)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            q.consumers.remove(name);
+        }
+        Ok(gone.len() as u64)
     }
 
     async fn ping(&self) -> BrokerResult<()> {
@@ -339,9 +393,8 @@ impl Broker for MemoryBroker {
         let mut outcomes = Vec::with_capacity(batch.len());
         for c in batch {
             let holder = s
-                .queue(&c.queue)
-                .held
-                .get(&c.delivery_id)
+                .existing(&c.queue)
+                .and_then(|q| q.held.get(&c.delivery_id))
                 .map(|h| h.consumer == consumer);
             if holder == Some(false) {
                 outcomes.push(Ok(Completed::TakenOver));
@@ -352,7 +405,10 @@ impl Broker for MemoryBroker {
                     .insert(r.task_id.clone(), (r.json.clone(), Instant::now() + r.ttl));
                 wrote_result = true;
             }
-            let Some(held) = s.queue(&c.queue).held.remove(&c.delivery_id) else {
+            let Some(held) = s
+                .existing(&c.queue)
+                .and_then(|q| q.held.remove(&c.delivery_id))
+            else {
                 outcomes.push(Ok(Completed::Gone));
                 continue;
             };
@@ -382,7 +438,10 @@ impl Broker for MemoryBroker {
                     }
                 }
                 Disposition::Requeue => {
-                    // Keeps its delivery count: requeueing is not a fresh start.
+                    // Not a fresh start: the deliveries before this one
+                    // (to consumers that never completed it, e.g. died
+                    // holding it) still count towards poison detection;
+                    // this one, handed back unrun, does not.
                     s.push_ready(
                         &c.queue,
                         c.payload.to_string(),
@@ -445,12 +504,16 @@ impl Broker for MemoryBroker {
 
     async fn dlq_list(&self, queue: &str, limit: usize) -> BrokerResult<Vec<DeadLetter>> {
         let mut s = self.lock();
-        Ok(s.queue(queue).dead.iter().take(limit).cloned().collect())
+        Ok(s.existing(queue)
+            .map(|q| q.dead.iter().take(limit).cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn dlq_requeue(&self, queue: &str, id: &str) -> BrokerResult<bool> {
         let mut s = self.lock();
-        let dead = &mut s.queue(queue).dead;
+        let Some(dead) = s.existing(queue).map(|q| &mut q.dead) else {
+            return Ok(false);
+        };
         let Some(pos) = dead.iter().position(|d| d.id == id) else {
             return Ok(false);
         };
@@ -467,9 +530,11 @@ impl Broker for MemoryBroker {
 
     async fn dlq_purge(&self, queue: &str) -> BrokerResult<u64> {
         let mut s = self.lock();
-        let dead = &mut s.queue(queue).dead;
-        let n = dead.len() as u64;
-        dead.clear();
+        let Some(q) = s.existing(queue) else {
+            return Ok(0);
+        };
+        let n = q.dead.len() as u64;
+        q.dead.clear();
         Ok(n)
     }
 
@@ -479,14 +544,17 @@ impl Broker for MemoryBroker {
 
     async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats> {
         let mut s = self.lock();
-        let q = s.queue(queue);
-        Ok(QueueStats {
+        let mut stats = QueueStats {
             queue: queue.to_string(),
-            ready: q.ready.len() as u64,
-            delayed: q.delayed.len() as u64,
-            in_flight: q.held.len() as u64,
-            dead: q.dead.len() as u64,
-        })
+            ..QueueStats::default()
+        };
+        if let Some(q) = s.existing(queue) {
+            stats.ready = q.ready.len() as u64;
+            stats.delayed = q.delayed.len() as u64;
+            stats.in_flight = q.held.len() as u64;
+            stats.dead = q.dead.len() as u64;
+        }
+        Ok(stats)
     }
 
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
@@ -505,6 +573,8 @@ impl Broker for MemoryBroker {
         let mut s = self.lock();
         let now = Instant::now();
         s.workers.retain(|_, (_, expires)| *expires > now);
-        Ok(s.workers.values().map(|(w, _)| w.clone()).collect())
+        let mut out: Vec<WorkerInfo> = s.workers.values().map(|(w, _)| w.clone()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 }

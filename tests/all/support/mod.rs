@@ -1,0 +1,26 @@
+//! What the test modules share, one file per concern: brokers and key
+//! prefixes (`keys`), the example components and their publisher
+//! (`components`), the per-test [`Fixture`], the `celeriac` binary
+//! (`command`), in-process workers (`worker`), tasks and their records
+//! (`tasks`), private servers (`servers`) and waiting for a state
+//! (`wait`). Everything is re-exported here.
+
+pub mod command;
+pub mod components;
+pub mod fixture;
+pub mod keys;
+pub mod servers;
+pub mod tasks;
+pub mod wait;
+pub mod worker;
+
+pub use command::{Outcome, TestCommand, WorkerProcess};
+pub use components::{
+    Publisher, component, read_component, upload_options, worker_check, workspace_root,
+};
+pub use fixture::Fixture;
+pub use keys::{Prefix, redis_url};
+pub use servers::{PrivateRedis, free_port, http_get};
+pub use tasks::{fetch_limits, finished, reached, request, submit};
+pub use wait::wait_for;
+pub use worker::{RunningWorker, quick_config};
