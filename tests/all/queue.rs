@@ -13,6 +13,7 @@ use celeriac_client::{self as client, SubmitOptions};
 use celeriac_protocol::MessageLimits;
 use celeriac_protocol::now_ms;
 use celeriac_protocol::record::{ResultRecord, TaskState};
+use celeriac_sandbox::SandboxConfig;
 use serde_json::json;
 
 /// The final record of task `id`, within 30 s.
@@ -789,4 +790,40 @@ async fn submit_and_wait_returns_the_result_or_the_submit_error() {
         "waited out the timeout"
     );
     worker.stop().await;
+}
+
+/// A worker keeps at most the sandbox's `loaded_capacity` compiled
+/// components: others are dropped, and fetched, verified and loaded again
+/// when a message asks for them, so every task still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_kept_are_bounded() {
+    let f = Fixture::new(&["math", "text"]).await;
+    let b = &f.broker;
+    let w = RunningWorker::with_sandbox(
+        b.clone(),
+        f.publisher.trust.clone(),
+        quick_config("bounded"),
+        SandboxConfig {
+            loaded_capacity: 1,
+            ..SandboxConfig::default()
+        },
+    );
+    let opts = SubmitOptions::default();
+    for (task, args, expected) in [
+        ("math.add", json!([2, 3]), json!(5)),
+        ("text.word_count", json!(["a b c"]), json!(3)),
+        ("math.add", json!([1, 1]), json!(2)),
+        ("text.word_count", json!(["x"]), json!(1)),
+    ] {
+        let id = submit(b.as_ref(), task, args, &opts).await;
+        let r = wait(b.as_ref(), &id).await;
+        assert_eq!(
+            (r.state, r.result),
+            (TaskState::Success, Some(expected)),
+            "{task}"
+        );
+        let kept = w.worker.cached_components();
+        assert!(kept <= 1, "{kept} components kept, bound 1");
+    }
+    w.stop().await;
 }

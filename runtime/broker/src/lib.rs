@@ -139,7 +139,8 @@ pub struct Delivery {
     pub payload: Arc<str>,
     /// Bytes of the whole message as stored.
     pub size: usize,
-    /// How many times it has been handed out, this time included.
+    /// How many times it has been handed out since it was last put on its
+    /// queue (enqueued, retried or requeued), this time included.
     pub deliveries: u64,
 }
 

@@ -405,15 +405,14 @@ impl Broker for MemoryBroker {
                     .insert(r.task_id.clone(), (r.json.clone(), Instant::now() + r.ttl));
                 wrote_result = true;
             }
-            let Some(held) = s
-                .existing(&c.queue)
+            if s.existing(&c.queue)
                 .and_then(|q| q.held.remove(&c.delivery_id))
-            else {
+                .is_none()
+            {
                 outcomes.push(Ok(Completed::Gone));
                 continue;
-            };
+            }
             outcomes.push(Ok(Completed::Done));
-            let deliveries = held.deliveries;
             match &c.disposition {
                 Disposition::Ack => {}
                 Disposition::Retry { payload, due_ms } => {
@@ -438,15 +437,9 @@ impl Broker for MemoryBroker {
                     }
                 }
                 Disposition::Requeue => {
-                    // Not a fresh start: the deliveries before this one
-                    // (to consumers that never completed it, e.g. died
-                    // holding it) still count towards poison detection;
-                    // this one, handed back unrun, does not.
-                    s.push_ready(
-                        &c.queue,
-                        c.payload.to_string(),
-                        deliveries.saturating_sub(1),
-                    );
+                    // Back on the queue as a new message, as Redis adds a
+                    // new stream entry: its delivery count starts over.
+                    s.push_ready(&c.queue, c.payload.to_string(), 0);
                     requeued = true;
                 }
             }

@@ -33,6 +33,7 @@ pub fn quick_config(id: &str) -> WorkerConfig {
 
 /// An in-process worker, stopped (gracefully) by `stop`.
 pub struct RunningWorker {
+    pub worker: Arc<Worker>,
     pub token: CancellationToken,
     pub handle: tokio::task::JoinHandle<WorkerSummary>,
     pub _cache: tempfile::TempDir,
@@ -40,19 +41,31 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub fn start(broker: Arc<dyn Broker>, trust: TrustStore, config: WorkerConfig) -> Self {
+        Self::with_sandbox(broker, trust, config, SandboxConfig::default())
+    }
+
+    /// As [`RunningWorker::start`], with sandbox settings of the test's
+    /// own (its concurrency and compile cache are the worker's).
+    pub fn with_sandbox(
+        broker: Arc<dyn Broker>,
+        trust: TrustStore,
+        config: WorkerConfig,
+        sandbox: SandboxConfig,
+    ) -> Self {
         let cache = tempfile::tempdir().expect("a compile cache directory for the worker");
         let sandbox = Arc::new(
             Sandbox::new(SandboxConfig {
                 concurrency: config.concurrency,
                 cache_dir: Some(cache.path().to_path_buf()),
-                ..SandboxConfig::default()
+                ..sandbox
             })
             .expect("a sandbox for the worker"),
         );
         let worker = Worker::new(broker, sandbox, trust, config);
         let token = CancellationToken::new();
-        let handle = tokio::spawn(worker.run(token.clone()));
+        let handle = tokio::spawn(worker.clone().run(token.clone()));
         Self {
+            worker,
             token,
             handle,
             _cache: cache,
