@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{BuildError, WIT, create_dir, io, write};
+use crate::{BuildError, WIT, create_dir, io, succeeded, write};
 
 const SDK: &str = include_str!("../../../guest-sdk/js/celeriac.js");
 const BUILD_SCRIPT: &str = include_str!("../../../guest-sdk/js/build.mjs");
@@ -52,16 +52,9 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
         .arg(js_dir.join("wit"))
         .output()
         .map_err(io("running node"))?;
-    if !output.status.success() {
-        eprintln!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return Err(BuildError::Failed(format!(
-            "building {} failed (see above)",
-            dir.display()
-        )));
-    }
+    // The tool's own words, then one line naming what failed.
+    succeeded(&output, || {
+        format!("building {} failed (see above)", dir.display())
+    })?;
     Ok(wasm)
 }

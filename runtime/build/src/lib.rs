@@ -63,6 +63,23 @@ fn wit<E: std::fmt::Display>(context: &str) -> impl FnOnce(E) -> BuildError + '_
     }
 }
 
+/// A tool's run that failed is shown (its stdout and stderr, on stderr)
+/// and becomes [`BuildError::Failed`] with `what` failed.
+fn succeeded(
+    output: &std::process::Output,
+    what: impl FnOnce() -> String,
+) -> Result<(), BuildError> {
+    if output.status.success() {
+        return Ok(());
+    }
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Err(BuildError::Failed(what()))
+}
+
 /// Write a generated file, naming it if that fails.
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), BuildError> {
     std::fs::write(path, contents).map_err(io(format!("writing {}", path.display())))

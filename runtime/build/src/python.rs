@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{BuildError, WIT, create_dir, io, write};
+use crate::{BuildError, WIT, create_dir, io, succeeded, write};
 
 const SDK: &str = include_str!("../../../guest-sdk/python/celeriac.py");
 /// The componentize-py release the SDK is tested with.
@@ -45,16 +45,9 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
         .arg(&wasm)
         .output()
         .map_err(io(format!("running {tool}")))?;
-    if !output.status.success() {
-        eprintln!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        return Err(BuildError::Failed(format!(
-            "componentize-py failed for {} (see above)",
-            dir.display()
-        )));
-    }
+    // The tool's own words, then one line naming what failed.
+    succeeded(&output, || {
+        format!("componentize-py failed for {} (see above)", dir.display())
+    })?;
     Ok(wasm)
 }
