@@ -182,10 +182,7 @@ async fn countdown_waits_in_redis_and_survives_restarts() {
     let b = &f.broker;
 
     let eta = SystemTime::now() + Duration::from_millis(1500);
-    let eta_ms = eta
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let eta_ms = celeriac_protocol::clock::unix_ms(eta);
     let opts = SubmitOptions {
         eta: Some(eta),
         ..SubmitOptions::default()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use celeriac_broker::Broker;
 use celeriac_protocol::MessageLimits;
+use celeriac_protocol::clock::millis;
 use celeriac_protocol::record::{ResultRecord, TaskState};
 use celeriac_protocol::units::{parse_duration, parse_size};
 use celeriac_sandbox::Limits;
@@ -48,12 +49,6 @@ impl LimitArgs {
             memory: self.memory,
         })
     }
-}
-
-/// A duration in whole milliseconds, saturating (an absurd flag value then
-/// fails the range checks instead of wrapping around).
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(clap::Args, Clone, Debug)]

@@ -131,11 +131,7 @@ impl DiskCache {
         // and `read_private`), so only this user's own `store` wrote it;
         // wasmtime checks it was produced by a compatible engine.
         match unsafe { Component::deserialize(engine, &bytes) } {
-            Ok(c) => {
-                // Used: the last to be evicted.
-                touch(&path);
-                Some(c)
-            }
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "discarding unusable cached component");
                 let _ = fs::remove_file(&path);
@@ -212,20 +208,10 @@ fn to_evict(mut artifacts: Vec<Artifact>, max_bytes: u64, keep: &Path) -> Vec<Pa
     out
 }
 
-/// Mark a cache file as just used (its modification time is the LRU clock).
-fn touch(path: &Path) {
-    if let Ok(f) = OpenOptions::new()
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
-        let _ = f.set_modified(SystemTime::now());
-    }
-}
-
 /// Read a cache file if it is a regular file of ours that nobody else can
 /// write. The checks are made on the opened file (no symlinks followed), so
-/// the file read is the file checked. `Ok(None)`: not cached.
+/// the file read is the file checked. A file read is marked used (its
+/// modification time is eviction's clock). `Ok(None)`: not cached.
 fn read_private(path: &Path) -> Result<Option<Vec<u8>>, CacheError> {
     let mut file: File = match OpenOptions::new()
         .read(true)
@@ -254,7 +240,11 @@ fn read_private(path: &Path) -> Result<Option<Vec<u8>>, CacheError> {
     // Read into memory rather than mmap the file: a mapped file that
     // someone truncates later takes the whole process down with SIGBUS.
     match file.read_to_end(&mut bytes) {
-        Ok(_) => Ok(Some(bytes)),
+        Ok(_) => {
+            // On the file checked (ours, so its owner may set its times).
+            let _ = file.set_modified(SystemTime::now());
+            Ok(Some(bytes))
+        }
         Err(_) => Ok(None),
     }
 }

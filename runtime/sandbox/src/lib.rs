@@ -214,12 +214,9 @@ impl Sandbox {
     /// check an upload makes, so whatever uploads also runs. The error is
     /// one line naming why not.
     pub fn check(&self, bytes: &[u8]) -> Result<(), String> {
-        self.load(bytes).map(|_| ()).map_err(|e| {
-            e.to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
+        self.load(bytes)
+            .map(|_| ())
+            .map_err(|e| one_line(&e.to_string()))
     }
 
     fn lock_loaded(&self) -> std::sync::MutexGuard<'_, LruCache<Digest, Arc<LoadedComponent>>> {
@@ -534,6 +531,11 @@ fn chain_line(e: &wasmtime::Error) -> String {
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(": ");
+    one_line(&text)
+}
+
+/// `text` with every run of whitespace (newlines included) as one space.
+fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

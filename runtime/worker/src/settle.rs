@@ -331,27 +331,29 @@ pub(crate) fn completion(
     config: &WorkerConfig,
 ) -> Completion {
     let (ttl, ignore) = msg.map_or((None, false), |m| (m.result_ttl, m.ignore_result));
-    Completion {
-        queue: delivery.queue.clone(),
-        delivery_id: delivery.id.clone(),
-        payload: delivery.payload.clone(),
-        result: verdict
-            .record
-            .filter(|_| !ignore)
-            .map(|r| result_write(&r, ttl, config)),
-        disposition: verdict.disposition,
-        lease_fresh: false,
-    }
+    let result = verdict
+        .record
+        .filter(|_| !ignore)
+        .map(|r| result_write(&r, ttl, config));
+    of_delivery(delivery, result, verdict.disposition)
 }
 
 /// Hand a delivery back untouched (shutdown, or not started in time).
 pub(crate) fn requeue(delivery: &Delivery) -> Completion {
+    of_delivery(delivery, None, Disposition::Requeue)
+}
+
+fn of_delivery(
+    delivery: &Delivery,
+    result: Option<ResultWrite>,
+    disposition: Disposition,
+) -> Completion {
     Completion {
         queue: delivery.queue.clone(),
         delivery_id: delivery.id.clone(),
         payload: delivery.payload.clone(),
-        result: None,
-        disposition: Disposition::Requeue,
+        result,
+        disposition,
         lease_fresh: false,
     }
 }

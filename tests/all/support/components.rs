@@ -73,7 +73,7 @@ pub fn worker_check(bytes: &[u8]) -> Result<(), String> {
         })
         .expect("a sandbox for upload checks")
     });
-    sandbox.load(bytes).map(|_| ()).map_err(|e| e.to_string())
+    sandbox.check(bytes)
 }
 
 /// [`UploadOptions`] with [`worker_check`] as the check.

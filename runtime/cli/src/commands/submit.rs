@@ -4,10 +4,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::common::{BrokerArgs, millis, parse_call_json, print_outcome};
+use crate::common::{BrokerArgs, parse_call_json, print_outcome};
 use crate::{exit, runtime};
 use celeriac_client::{SubmitOptions, TaskRequest, submit, submit_and_wait_with};
 use celeriac_protocol::MessageLimits;
+use celeriac_protocol::clock::millis;
 use celeriac_protocol::units::{parse_duration, parse_size};
 
 #[derive(clap::Args)]
