@@ -17,5 +17,5 @@ ensure_c
 ensure_python
 ensure_js
 
-cargo build --release --target wasm32-wasip2 -p math -p text -p misbehave
+cargo build --release --target wasm32-wasip2 -p math -p text -p misbehave -p web
 cargo test "$@"

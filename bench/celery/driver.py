@@ -2,10 +2,11 @@
 object: elapsed seconds (first submit to last result), submit seconds, and
 per-task latencies in microseconds for the latency workload.
 
-    python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES
+    python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES | io N URL
 """
 
 import hashlib
+import importlib.metadata
 import json
 import random
 import string
@@ -15,7 +16,7 @@ import time
 import celery
 import redis
 
-from bench_app import PREFIX, QUEUE, REDIS, add, app, fib, sha256
+from bench_app import PREFIX, QUEUE, REDIS, add, app, fetch, fib, sha256
 
 r = redis.Redis.from_url(REDIS)
 
@@ -50,6 +51,7 @@ def bulk(task, arglists, check):
         ids = [task.apply_async(args, producer=producer).id for args in arglists]
     submitted = time.perf_counter() - started
     deadline = time.monotonic() + 600
+    bad = []
     while True:
         # A message between BRPOP and `unacked` looks drained for an instant:
         # confirm with the results before stopping the clock.
@@ -59,7 +61,7 @@ def bulk(task, arglists, check):
             if not bad:
                 return {"elapsed_s": elapsed, "submit_s": submitted}
         if time.monotonic() > deadline:
-            sys.exit(f"timed out; e.g. task {bad[:5]} has no correct result")
+            sys.exit(f"timed out: not drained, or tasks {bad[:5]} have no correct result")
         time.sleep(0.002)
 
 
@@ -69,6 +71,11 @@ def main():
         # Blocks until the worker is up; answers the versions for the report.
         assert add.delay(1, 2).get(timeout=120) == 3
         out = {"celery": celery.__version__, "python": sys.version.split()[0]}
+        for dist in ("gevent", "requests"):
+            try:
+                out[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
     elif what == "noop":
         n = int(sys.argv[2])
         out = bulk(add, [(i, i) for i in range(n)], lambda k, v: v == 2 * k)
@@ -89,6 +96,10 @@ def main():
         texts = payloads(n, size)
         want = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
         out = bulk(sha256, [(t,) for t in texts], lambda k, v: v == want[k])
+    elif what == "io":
+        # Each task one GET to bench/compare's local server (50 ms, `ok`).
+        n, url = int(sys.argv[2]), sys.argv[3]
+        out = bulk(fetch, [(url,)] * n, lambda k, v: v == 200)
     else:
         sys.exit(f"unknown workload {what!r}")
     print(json.dumps(out))

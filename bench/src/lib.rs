@@ -10,26 +10,27 @@ use redis::Commands as _;
 /// Build the example task components (release, wasm32-wasip2) and return
 /// the directory holding them.
 pub fn build_examples() -> anyhow::Result<PathBuf> {
+    build_wasm(&["math", "text", "misbehave"])
+}
+
+/// Build these workspace task crates (release, wasm32-wasip2) and return
+/// the directory holding their `.wasm` files.
+pub fn build_wasm(packages: &[&str]) -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or_else(|| anyhow::anyhow!("bench/ has no parent"))?
         .to_path_buf();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "math",
-            "-p",
-            "text",
-            "-p",
-            "misbehave",
-        ])
-        .status()?;
-    anyhow::ensure!(status.success(), "building the example tasks failed");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(&root)
+        .args(["build", "--release", "--target", "wasm32-wasip2"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    let status = cmd.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "building the task components {packages:?} failed"
+    );
     Ok(root.join("target/wasm32-wasip2/release"))
 }
 

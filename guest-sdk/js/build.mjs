@@ -1,17 +1,19 @@
 // Build a Celeriac task component from a JS task module.
 //
-//   node build.mjs APP.js [-o OUT.wasm] [--wit DIR] [--features clocks,random | --pure]
+//   node build.mjs APP.js [-o OUT.wasm] [--wit DIR] [--features clocks,random,http | --pure]
 //
 // 1. esbuild bundles APP.js + npm deps + the SDK into one ES module whose
 //    entry re-exports the world exports (`tasks`, `call`) from celeriac.js;
 //    `import ... from 'celeriac'` resolves to the SDK.
 // 2. componentize-js splices bindings for world `task` into StarlingMonkey,
 //    runs Wizer (top level evaluated: tasks registered at build time), and
-//    wraps it as a component. Engine features: only `clocks` and `random`
-//    are kept by default. Without them the component imports nothing but
-//    celeriac:task (--pure), but Date.now() is frozen at build time,
-//    Math.random()/crypto.getRandomValues() are the same every run, and
-//    setTimeout()/performance.now() trap. http/fetch-event/stdio are
+//    wraps it as a component. Engine features: `clocks`, `random` and
+//    `http` (fetch(), through wasi:http; the host lets a request through
+//    only under the component's signed grant) are kept by default. Without
+//    them the component imports nothing but celeriac:task (--pure), but
+//    Date.now() is frozen at build time, Math.random() and
+//    crypto.getRandomValues() are the same every run, setTimeout() and
+//    performance.now() trap, and fetch() fails. fetch-event and stdio are
 //    always off (console.* goes to the host log via the SDK).
 import { build } from 'esbuild';
 import { componentize } from '@bytecodealliance/componentize-js';
@@ -27,12 +29,12 @@ const { values: opt, positionals } = parseArgs({
   options: {
     out: { type: 'string', short: 'o' },
     wit: { type: 'string' },
-    features: { type: 'string', default: 'clocks,random' },
+    features: { type: 'string', default: 'clocks,random,http' },
     pure: { type: 'boolean', default: false },
   },
 });
 if (positionals.length !== 1) {
-  console.error('usage: node build.mjs APP.js [-o OUT.wasm] [--wit DIR] [--features clocks,random | --pure]');
+  console.error('usage: node build.mjs APP.js [-o OUT.wasm] [--wit DIR] [--features clocks,random,http | --pure]');
   process.exit(2);
 }
 if (!opt.wit) {

@@ -19,6 +19,8 @@ import {
   shouldStop as hostShouldStop,
   progress as hostProgress,
 } from 'celeriac:task/context@0.1.0';
+import * as hostKv from 'celeriac:task/kv@0.1.0';
+import { get as hostConfigGet } from 'wasi:config/store@0.2.0-rc.1';
 
 // ---------------------------------------------------------------- errors
 
@@ -116,6 +118,52 @@ const u64 = (n) => (typeof n === 'bigint' ? (n < 0n ? 0n : n) : BigInt(Math.max(
 export function progress(done, total) {
   hostProgress(u64(done), u64(total));
 }
+
+// ---------------------------------------------------------------- capabilities
+// What the signed manifest grants. HTTP is the standard fetch() (wasi:http
+// underneath; the host lets through only granted origins).
+
+// A host call's error (jco throws the WIT error as `payload`, a
+// `{ tag, val }` variant) as the failure kind it deserves.
+function hostError(e) {
+  const p = e && e.payload !== undefined ? e.payload : e;
+  const message = p && typeof p === 'object' && 'val' in p ? String(p.val) : String(p);
+  return p && p.tag === 'unavailable' ? new Retry(message) : new Fatal(message);
+}
+
+function hostCall(fn, ...args) {
+  try {
+    return fn(...args);
+  } catch (e) {
+    throw hostError(e);
+  }
+}
+
+/** The worker's configuration value for `key` (undefined if it has none);
+ * throws Fatal for a key the manifest does not grant (sign with --config). */
+export function configGet(key) {
+  const v = hostCall(hostConfigGet, String(key));
+  return v === null ? undefined : v;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const asBytes = (v) => (typeof v === 'string' ? encoder.encode(v) : new Uint8Array(v));
+const ttlMs = (seconds) =>
+  seconds === undefined || seconds === null ? undefined : BigInt(Math.max(1, Math.round(Number(seconds) * 1000)));
+
+/** The module's key-value state (needs `celeriac sign --kv`); TTLs in seconds. */
+export const kv = Object.freeze({
+  get: (key) => hostCall(hostKv.get, String(key)) ?? undefined,
+  getString: (key) => {
+    const v = hostCall(hostKv.get, String(key));
+    return v === undefined || v === null ? undefined : decoder.decode(v);
+  },
+  set: (key, value, ttl) => hostCall(hostKv.set, String(key), asBytes(value), ttlMs(ttl)),
+  setIfAbsent: (key, value, ttl) => hostCall(hostKv.setIfAbsent, String(key), asBytes(value), ttlMs(ttl)),
+  delete: (key) => hostCall(hostKv.delete, String(key)),
+  increment: (key, delta = 1) => Number(hostCall(hostKv.increment, String(key), BigInt(delta))),
+});
 
 // ---------------------------------------------------------------- registry
 

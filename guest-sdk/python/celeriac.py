@@ -23,6 +23,9 @@ try:  # the bindings exist only inside componentize-py
     import wit_world
     from wit_world.imports import context as _ctx
     from wit_world.imports.types import Failure as _Failure, FailureKind as _Kind
+    from wit_world.imports import kv as _kv, store as _store
+    from wit_world.imports import outgoing_handler as _out, poll as _poll, streams as _streams
+    from wit_world.imports import http_types as _ht
     from componentize_py_types import Err as _Err
 except ImportError:
     wit_world = None
@@ -161,6 +164,154 @@ def should_stop() -> bool:
 def progress(done: int, total: int) -> None:
     if wit_world:
         _ctx.progress(int(done), int(total))
+
+
+# --- capabilities: what the signed manifest grants -------------------------
+
+def config_get(key: str):
+    """The worker's configuration value for `key` (None if it has none).
+    Raises Fatal for a key the manifest does not grant (sign with --config)."""
+    if not wit_world:
+        return None
+    try:
+        return _store.get(key)
+    except _Err as e:
+        raise Fatal(getattr(e.value, "value", str(e.value))) from None
+
+
+def _kv_call(fn, *args):
+    try:
+        return fn(*args)
+    except _Err as e:
+        err = e.value
+        message = getattr(err, "value", str(err))
+        if type(err).__name__.endswith("Unavailable"):
+            raise Retry(message) from None
+        raise Fatal(message) from None
+
+
+def _ms(ttl):
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    return max(1, int(seconds * 1000))
+
+
+def _bytes(value) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+class kv:
+    """The module's key-value state (needs `celeriac sign --kv`). TTLs are
+    seconds or timedelta. An unreachable store raises Retry; a missing grant
+    or an oversized value, Fatal."""
+
+    @staticmethod
+    def get(key: str):
+        return _kv_call(_kv.get, key)
+
+    @staticmethod
+    def get_str(key: str):
+        v = _kv_call(_kv.get, key)
+        return None if v is None else bytes(v).decode("utf-8")
+
+    @staticmethod
+    def set(key: str, value, ttl=None) -> None:
+        _kv_call(_kv.set, key, _bytes(value), _ms(ttl))
+
+    @staticmethod
+    def set_if_absent(key: str, value, ttl=None) -> bool:
+        return _kv_call(_kv.set_if_absent, key, _bytes(value), _ms(ttl))
+
+    @staticmethod
+    def delete(key: str) -> bool:
+        return _kv_call(_kv.delete, key)
+
+    @staticmethod
+    def increment(key: str, delta: int = 1) -> int:
+        return _kv_call(_kv.increment, key, int(delta))
+
+
+class HttpError(Exception):
+    """An HTTP request that got no response: the wasi:http error code says
+    why (HttpRequestDenied: outside the grant or the worker's policy;
+    DestinationIpProhibited: a private address; ...)."""
+
+
+class HttpResponse:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def _code(e) -> str:
+    value = getattr(e, "value", e)
+    return type(value).__name__.replace("ErrorCode_", "") + (
+        f"({value.value})" if getattr(value, "value", None) is not None else "")
+
+
+def http_request(method: str, url: str, headers=None, body=None) -> HttpResponse:
+    """Send one request through the host (wasi:http) and read the whole
+    response. Raises HttpError when the host or the network gives none."""
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise HttpError(f"not an http(s) URL: {url!r}")
+    fields = [(k.lower(), _bytes(v)) for k, v in (headers or {}).items()]
+    data = _bytes(body) if body is not None else None
+    if data is not None:
+        fields.append(("content-length", str(len(data)).encode()))
+    req = _ht.OutgoingRequest(_ht.Fields.from_list(fields))
+    methods = {"GET": _ht.Method_Get(), "POST": _ht.Method_Post(), "PUT": _ht.Method_Put(),
+               "DELETE": _ht.Method_Delete(), "HEAD": _ht.Method_Head(), "PATCH": _ht.Method_Patch()}
+    req.set_method(methods.get(method.upper()) or _ht.Method_Other(method.upper()))
+    req.set_scheme(_ht.Scheme_Https() if u.scheme == "https" else _ht.Scheme_Http())
+    req.set_authority(u.netloc)
+    req.set_path_with_query((u.path or "/") + (f"?{u.query}" if u.query else ""))
+    out_body = req.body()
+    try:
+        future = _out.handle(req, None)
+    except _Err as e:
+        raise HttpError(_code(e)) from None
+    if data is not None:
+        with out_body.write() as stream:
+            for i in range(0, len(data), 4096):
+                stream.blocking_write_and_flush(data[i:i + 4096])
+    _ht.OutgoingBody.finish(out_body, None)
+    # Resources are dropped child first: the host refuses to drop a parent
+    # that still has children.
+    pollable = future.subscribe()
+    while (result := future.get()) is None:
+        _poll.poll([pollable])
+    pollable.__exit__(None, None, None)
+    future.__exit__(None, None, None)
+    try:
+        response = result.value.value
+    except _Err as e:
+        raise HttpError(_code(e)) from None
+    status = response.status()
+    resp_headers = {k: bytes(v).decode("latin-1") for k, v in response.headers().entries()}
+    incoming = response.consume()
+    chunks = []
+    with incoming.stream() as stream:
+        while True:
+            try:
+                chunks.append(stream.blocking_read(65536))
+            except _Err as e:
+                if isinstance(e.value, _streams.StreamError_Closed):
+                    break
+                code = _ht.http_error_code(e.value.value)
+                raise HttpError("reading the body failed: " + (_code(code) if code else "I/O error")) from None
+    return HttpResponse(status, resp_headers, b"".join(chunks))
+
+
+def http_get(url: str, headers=None) -> HttpResponse:
+    return http_request("GET", url, headers)
 
 
 _P = inspect.Parameter

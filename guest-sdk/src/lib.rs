@@ -26,12 +26,20 @@
 //!
 //! Build with `celeriac build DIR` (a `wasm32-wasip2` release build of a
 //! `cdylib` crate), then sign and run it with the `celeriac` CLI.
+//!
+//! Beyond computing, a task reaches what its signed manifest grants:
+//! [`config`] values and secrets, its module's [`kv`] state, and outbound
+//! HTTP through `wasi:http` with any wasi:http client; we use and test
+//! [`wstd`](https://docs.rs/wstd) (`wstd::runtime::block_on` around
+//! `wstd::http::Client`), the Bytecode Alliance's, as `tasks/web` shows.
 
 // Lets generated code name `::celeriac_sdk` from inside this crate too.
 extern crate self as celeriac_sdk;
 
+pub mod config;
 mod error;
 mod input;
+pub mod kv;
 
 pub use celeriac_sdk_macros::{export_tasks, task};
 pub use error::{Error, FailureKind, Result};
@@ -120,6 +128,7 @@ pub mod __private {
             export_macro_name: "export",
             default_bindings_module: "::celeriac_sdk::__private::bindings",
             runtime_path: "::celeriac_sdk::__private::wit_bindgen::rt",
+            generate_all,
         });
     }
 

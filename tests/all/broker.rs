@@ -109,6 +109,9 @@ conformance! {
     heartbeats_list_workers_until_forgotten_or_expired,
     component_bytes_are_stored_once_with_every_signature,
     modules_point_at_digests,
+    kv_values_are_stored_per_module,
+    kv_set_if_absent_and_ttl,
+    kv_increment_is_atomic_and_typed,
 }
 
 // ---------------------------------------------------------------------
@@ -1090,6 +1093,7 @@ fn module(name: &str, bytes: &[u8], signed_at: Option<&str>) -> ModuleInfo {
         size: bytes.len() as u64,
         uploaded_at: 1_700_000_000_000,
         signed_at: signed_at.map(str::to_string),
+        grants: Default::default(),
     }
 }
 
@@ -1108,4 +1112,59 @@ async fn modules_point_at_digests(b: Arc<dyn Broker>) {
         Some(v2.clone())
     );
     assert_eq!(b.list_modules().await.expect("list modules"), [calc, v2]);
+}
+
+// ---------------------------------------------------------------------
+// Key-value state of task modules.
+
+async fn kv_values_are_stored_per_module(b: Arc<dyn Broker>) {
+    assert_eq!(b.kv_get("web", "k").await.unwrap(), None);
+    assert!(b.kv_set("web", "k", b"v1", None, false).await.unwrap());
+    assert_eq!(b.kv_get("web", "k").await.unwrap(), Some(b"v1".to_vec()));
+    // Another module's namespace holds nothing of `web`'s, even through a
+    // key that looks like a path into it.
+    assert_eq!(b.kv_get("other", "k").await.unwrap(), None);
+    assert_eq!(b.kv_get("other", "web:k").await.unwrap(), None);
+    assert_eq!(b.kv_get("we", "b:k").await.unwrap(), None);
+    assert!(b.kv_set("web", "k", b"v2", None, false).await.unwrap());
+    assert_eq!(b.kv_get("web", "k").await.unwrap(), Some(b"v2".to_vec()));
+    assert!(b.kv_delete("web", "k").await.unwrap());
+    assert!(!b.kv_delete("web", "k").await.unwrap());
+    assert_eq!(b.kv_get("web", "k").await.unwrap(), None);
+}
+
+async fn kv_set_if_absent_and_ttl(b: Arc<dyn Broker>) {
+    let ttl = Some(Duration::from_millis(300));
+    assert!(b.kv_set("web", "idem", b"1", ttl, true).await.unwrap());
+    assert!(!b.kv_set("web", "idem", b"2", ttl, true).await.unwrap());
+    assert_eq!(b.kv_get("web", "idem").await.unwrap(), Some(b"1".to_vec()));
+    wait_for("the key to expire", Duration::from_secs(5), async || {
+        b.kv_get("web", "idem").await.unwrap().is_none()
+    })
+    .await;
+    assert!(b.kv_set("web", "idem", b"3", None, true).await.unwrap());
+}
+
+async fn kv_increment_is_atomic_and_typed(b: Arc<dyn Broker>) {
+    assert_eq!(b.kv_increment("web", "n", 5).await.unwrap(), Some(5));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(
+            async move { b.kv_increment("web", "n", 1).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(b.kv_get("web", "n").await.unwrap(), Some(b"25".to_vec()));
+    assert_eq!(b.kv_increment("web", "n", -30).await.unwrap(), Some(-5));
+    b.kv_set("web", "text", b"hello", None, false)
+        .await
+        .unwrap();
+    assert_eq!(b.kv_increment("web", "text", 1).await.unwrap(), None);
+    b.kv_set("web", "big", i64::MAX.to_string().as_bytes(), None, false)
+        .await
+        .unwrap();
+    assert_eq!(b.kv_increment("web", "big", 1).await.unwrap(), None);
 }

@@ -7,6 +7,7 @@
 mod support;
 
 mod broker;
+mod capabilities;
 mod cli;
 mod hardening;
 mod harness;

@@ -464,6 +464,7 @@ async fn untrusted_components_are_refused_without_fetching_them() {
         size: junk.len() as u64,
         uploaded_at: 0,
         signed_at: None,
+        grants: Default::default(),
     })
     .await
     .unwrap();

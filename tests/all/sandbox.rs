@@ -48,6 +48,7 @@ fn call(module: &str, name: &str, args: Value) -> TaskCall {
         kwargs: "{}".into(),
         retries: 0,
         max_retries: 0,
+        grants: Default::default(),
     }
 }
 

@@ -11,23 +11,39 @@
 //! them. Beside them, the Redis ceiling: the same number of messages
 //! through raw pipelined LPUSH/RPOP (or a BLPOP ping-pong for latency).
 //! All keys live under a private prefix, deleted at the end.
+//!
+//! The `io` workload is the exception to two slots each: every task makes
+//! one HTTP GET to a server in this process that answers after 50 ms, and
+//! each system runs as it would be deployed for I/O-bound work: Celery
+//! prefork `-c 2` and gevent `-c 100` (one row each), Celeriac
+//! `--concurrency 200` (the `web` component, granted `http://127.0.0.1:*`).
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
-use celeriac_bench::{Stats, build_examples, delete_prefix, fmt, wait_drained};
+use bytes::Bytes;
+use celeriac_bench::{Stats, build_examples, build_wasm, delete_prefix, fmt, wait_drained};
 use celeriac_broker::registry::UploadOptions;
 use celeriac_broker::{self as broker, Broker};
 use celeriac_client::{self as client, SubmitOptions, TaskRequest};
 use celeriac_protocol::record::TaskState;
 use celeriac_sandbox::{Sandbox, SandboxConfig};
-use celeriac_signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
+use celeriac_signing::{
+    Grants, KeyPair, PublicKey, TrustStore, generate_keypair, sign_component_with,
+};
 use clap::{Parser, ValueEnum};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -57,19 +73,56 @@ enum Workload {
     Cpu,
     Payload,
     SameCode,
+    Io,
 }
 
-const ALL: [Workload; 5] = [
+const ALL: [Workload; 6] = [
     Workload::Noop,
     Workload::Latency,
     Workload::Cpu,
     Workload::Payload,
     Workload::SameCode,
+    Workload::Io,
 ];
 const FIB_N: u64 = 27;
 const FIB_27: u64 = 196_418;
 const PAYLOAD_BYTES: usize = 64 * 1024;
 const SLOTS: &str = "2";
+/// The `io` workload: the server's think time, Celery's gevent greenlets,
+/// Celeriac's concurrency.
+const IO_DELAY: Duration = Duration::from_millis(50);
+const GEVENT_SLOTS: &str = "100";
+const IO_SLOTS: &str = "200";
+
+/// How the Celery worker runs its tasks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pool {
+    /// `-P prefork -c 2`: every workload.
+    Prefork,
+    /// `-P gevent -c 100`: the practitioner's pool for I/O-bound tasks.
+    Gevent,
+}
+
+impl Pool {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Prefork => "prefork",
+            Self::Gevent => "gevent",
+        }
+    }
+
+    fn slots(self) -> &'static str {
+        match self {
+            Self::Prefork => SLOTS,
+            Self::Gevent => GEVENT_SLOTS,
+        }
+    }
+
+    /// `prefork -c 2`, as the table shows it.
+    fn label(self) -> String {
+        format!("{} -c {}", self.name(), self.slots())
+    }
+}
 
 impl Workload {
     fn name(self) -> &'static str {
@@ -79,6 +132,23 @@ impl Workload {
             Self::Cpu => "cpu",
             Self::Payload => "payload",
             Self::SameCode => "same-code",
+            Self::Io => "io",
+        }
+    }
+
+    /// The Celery pools this workload runs on: one table row each.
+    fn pools(self) -> &'static [Pool] {
+        match self {
+            Self::Io => &[Pool::Prefork, Pool::Gevent],
+            _ => &[Pool::Prefork],
+        }
+    }
+
+    /// The Celeriac worker's `--concurrency`.
+    fn celeriac_slots(self) -> &'static str {
+        match self {
+            Self::Io => IO_SLOTS,
+            _ => SLOTS,
         }
     }
 
@@ -88,6 +158,7 @@ impl Workload {
             Self::Latency => 1_000,
             Self::Cpu | Self::SameCode => 200,
             Self::Payload => 2_000,
+            Self::Io => 5_000,
         };
         if quick { n / 10 } else { n }
     }
@@ -99,6 +170,7 @@ impl Workload {
             Self::Cpu => format!("{n} × fib({FIB_N}); Celeriac in Rust"),
             Self::Payload => format!("{n} × sha256 of 64 KiB"),
             Self::SameCode => format!("{n} × fib({FIB_N}); the same Python on both"),
+            Self::Io => format!("{n} × HTTP GET ({} ms server)", IO_DELAY.as_millis()),
         }
     }
 }
@@ -134,6 +206,10 @@ struct Row {
     ceiling: Option<f64>,
     celery_mem: Mem,
     celeriac_mem: Mem,
+    /// The Celery pool, `prefork -c 2` but for one `io` row.
+    celery_pool: String,
+    /// The Celeriac worker's `--concurrency`.
+    celeriac_concurrency: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,6 +244,10 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("building the example components…");
     let wasm_dir = build_examples()?;
+    let io = workloads.contains(&Workload::Io);
+    if io {
+        build_wasm(&["web"])?;
+    }
     let py_wasm = build_python_example(&root, &celeriac_bin, &python)?;
 
     let run_id = format!("compare-{}", std::process::id());
@@ -179,6 +259,7 @@ fn main() -> anyhow::Result<()> {
         celery_prefix: format!("{run_id}:celery:"),
         celeriac_prefix: format!("{run_id}:celeriac:"),
         scratch: tempfile::tempdir()?,
+        server: if io { Some(IoServer::start()?) } else { None },
     };
     // One producer doing one thing at a time, as driver.py is for Celery.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -205,6 +286,14 @@ struct Env {
     celeriac_prefix: String,
     /// Keys, trust directory, compiled-code cache, worker logs.
     scratch: tempfile::TempDir,
+    /// The `io` workload's HTTP server, when that workload runs.
+    server: Option<IoServer>,
+}
+
+impl Env {
+    fn server(&self) -> anyhow::Result<&IoServer> {
+        self.server.as_ref().context("the io server is not running")
+    }
 }
 
 /// The Python example (tasks/python-text), built by the real CLI with
@@ -252,13 +341,22 @@ async fn run_all(
         ..SandboxConfig::default()
     })?;
     let check = |b: &[u8]| checker.check(b);
-    for (module, path) in [
-        ("math", wasm_dir.join("math.wasm")),
-        ("text", wasm_dir.join("text.wasm")),
-        ("py", py_wasm.to_path_buf()),
-    ] {
+    let mut components = vec![
+        ("math", wasm_dir.join("math.wasm"), Grants::default()),
+        ("text", wasm_dir.join("text.wasm"), Grants::default()),
+        ("py", py_wasm.to_path_buf(), Grants::default()),
+    ];
+    if env.server.is_some() {
+        // The one component that reaches out: to the local server only.
+        let grants = Grants {
+            http: vec!["http://127.0.0.1:*".parse()?],
+            ..Grants::default()
+        };
+        components.push(("web", wasm_dir.join("web.wasm"), grants));
+    }
+    for (module, path, grants) in components {
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        let sig = sign_component(&bytes, &key, module)?;
+        let sig = sign_component_with(&bytes, &key, module, &grants, SystemTime::now())?;
         celeriac_broker::registry::upload(
             broker.as_ref(),
             &bytes,
@@ -275,12 +373,17 @@ async fn run_all(
     // the compiler's freed heap in their RSS).
     eprintln!("compiling the components into the workers' cache…");
     {
-        let _compiler = celeriac_worker(env, &trust_dir, "compile")?;
-        for (task, args) in [
+        let io = env.server.is_some();
+        let _compiler = celeriac_worker(env, &trust_dir, "compile", SLOTS, io)?;
+        let mut warm = vec![
             ("math.add", json!([1, 2])),
             ("text.sha256", json!(["x"])),
             ("py.fib", json!([1])),
-        ] {
+        ];
+        if io {
+            warm.push(("web.get", json!([env.server()?.url()])));
+        }
+        for (task, args) in warm {
             warm_up(broker.as_ref(), call(task, args)).await?;
         }
     }
@@ -290,14 +393,31 @@ async fn run_all(
     let mut rows = Vec::new();
     for &w in workloads {
         let n = w.tasks(quick);
-        eprintln!("{}: {} on Celery…", w.name(), w.describe(n));
-        let (celery, celery_versions) = celery_run(env, w, n)?;
-        versions["celery"] = celery_versions["celery"].clone();
-        versions["python"] = celery_versions["python"].clone();
-        eprintln!("{}: on Celeriac…", w.name());
+        let mut celery = Vec::new();
+        for &pool in w.pools() {
+            eprintln!(
+                "{}: {} on Celery {}…",
+                w.name(),
+                w.describe(n),
+                pool.label()
+            );
+            let (run, celery_versions) = celery_run(env, w, pool, n)?;
+            for k in ["celery", "python", "gevent", "requests"] {
+                if !celery_versions[k].is_null() {
+                    versions[k] = celery_versions[k].clone();
+                }
+            }
+            celery.push((pool, run));
+        }
+        eprintln!(
+            "{}: on Celeriac --concurrency {}…",
+            w.name(),
+            w.celeriac_slots()
+        );
         let celeriac = celeriac_run(env, broker.as_ref(), &trust_dir, w, n).await?;
-        eprintln!("{}: Redis ceiling…", w.name());
-        rows.extend(rows_for(env, w, n, celery, celeriac).await?);
+        for (pool, run) in celery {
+            rows.extend(rows_for(env, w, n, pool, run, &celeriac).await?);
+        }
     }
     Ok((rows, versions))
 }
@@ -306,12 +426,19 @@ async fn rows_for(
     env: &Env,
     w: Workload,
     n: usize,
+    pool: Pool,
     celery: Run,
-    celeriac: Run,
+    celeriac: &Run,
 ) -> anyhow::Result<Vec<Row>> {
+    // A workload run on several Celery pools says which one each row is.
+    let what = if w.pools().len() > 1 {
+        format!("{}; Celery {}", w.describe(n), pool.label())
+    } else {
+        w.describe(n)
+    };
     let row = |metric, unit, higher: bool, a: f64, b: f64, ceiling| Row {
         workload: w,
-        what: w.describe(n),
+        what: what.clone(),
         metric,
         unit,
         higher_is_better: higher,
@@ -321,9 +448,14 @@ async fn rows_for(
         ceiling,
         celery_mem: celery.mem,
         celeriac_mem: celeriac.mem,
+        celery_pool: pool.label(),
+        celeriac_concurrency: w.celeriac_slots().parse().unwrap_or(0),
     };
     let rate = |r: &Run| n as f64 / r.elapsed.as_secs_f64();
     let key = format!("{}ceiling", env.celeriac_prefix);
+    if matches!(w, Workload::Noop | Workload::Payload | Workload::Latency) {
+        eprintln!("{}: Redis ceiling…", w.name());
+    }
     Ok(match w {
         Workload::Noop | Workload::Payload => {
             let size = if w == Workload::Noop {
@@ -337,13 +469,16 @@ async fn rows_for(
                 "tasks/s",
                 true,
                 rate(&celery),
-                rate(&celeriac),
+                rate(celeriac),
                 Some(ceiling),
             )]
         }
         Workload::Latency => {
             let ceiling = Stats::of(ceiling_latency(&env.redis, &key, n).await?);
-            let (a, b) = (Stats::of(celery.samples), Stats::of(celeriac.samples));
+            let (a, b) = (
+                Stats::of(celery.samples),
+                Stats::of(celeriac.samples.clone()),
+            );
             let s = |d: Duration| d.as_secs_f64();
             vec![
                 row(
@@ -372,17 +507,31 @@ async fn rows_for(
             celeriac.elapsed.as_secs_f64(),
             None,
         )],
+        // No Redis ceiling: the server's 50 ms bounds each system at its
+        // slots / 50 ms (Celery prefork 40, gevent 2,000, Celeriac 4,000).
+        Workload::Io => vec![row(
+            "throughput",
+            "tasks/s",
+            true,
+            rate(&celery),
+            rate(celeriac),
+            None,
+        )],
     })
 }
 
 // ---------------------------------------------------------------------
-// Celery: a prefork worker, and bench/celery/driver.py as the producer.
+// Celery: a prefork (or gevent) worker, and bench/celery/driver.py as the
+// producer.
 
-fn celery_run(env: &Env, w: Workload, n: usize) -> anyhow::Result<(Run, Value)> {
-    let log = std::fs::File::create(env.scratch.path().join(format!("celery-{}.log", w.name())))?;
+fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(Run, Value)> {
+    let name = format!("celery-{}-{}.log", w.name(), pool.name());
+    let log = std::fs::File::create(env.scratch.path().join(name))?;
+    // `-P gevent`: Celery monkey-patches the process before loading the app.
     let worker = Command::new(&env.python)
-        .args(["-m", "celery", "-A", "bench_app", "worker", "-P", "prefork"])
-        .args(["-c", SLOTS, "--without-gossip", "--without-mingle"])
+        .args(["-m", "celery", "-A", "bench_app", "worker"])
+        .args(["-P", pool.name(), "-c", pool.slots()])
+        .args(["--without-gossip", "--without-mingle"])
         .args(["--without-heartbeat", "-l", "WARNING"])
         .current_dir(&env.celery_dir)
         .envs(celery_env(env))
@@ -397,10 +546,15 @@ fn celery_run(env: &Env, w: Workload, n: usize) -> anyhow::Result<(Run, Value)> 
         Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
+        Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
     };
+    let served = env.server.as_ref().map(IoServer::served);
     let out = driver(env, &args)?;
     let mem = watch.stop();
     drop(worker);
+    if w == Workload::Io {
+        check_served(env, served, n, &format!("Celery {}", pool.label()))?;
+    }
     let elapsed = Duration::from_secs_f64(out["elapsed_s"].as_f64().context("no elapsed_s")?);
     let samples = out["samples_us"]
         .as_array()
@@ -452,7 +606,13 @@ async fn celeriac_run(
     w: Workload,
     n: usize,
 ) -> anyhow::Result<Run> {
-    let worker = celeriac_worker(env, trust_dir, w.name())?;
+    let worker = celeriac_worker(
+        env,
+        trust_dir,
+        w.name(),
+        w.celeriac_slots(),
+        w == Workload::Io,
+    )?;
     // Warm up with the workload's own component (loaded from the compile
     // cache), like a worker that has served it before.
     let warm = match w {
@@ -460,11 +620,13 @@ async fn celeriac_run(
         Workload::Cpu => call("math.fib", json!([1])),
         Workload::Payload => call("text.sha256", json!(["warm"])),
         Workload::Noop | Workload::Latency => call("math.add", json!([1, 2])),
+        Workload::Io => call("web.get", json!([env.server()?.url()])),
     };
     warm_up(broker, warm).await?;
     let opts = SubmitOptions::default();
 
     let watch = MemWatch::start(worker.0.id());
+    let served = env.server.as_ref().map(IoServer::served);
     let mut samples = Vec::new();
     let elapsed = match w {
         Workload::Noop => {
@@ -511,9 +673,17 @@ async fn celeriac_run(
                 .collect();
             bulk(broker, reqs, 100, |i, v| v == &want[i]).await?
         }
+        Workload::Io => {
+            let url = env.server()?.url();
+            let reqs = (0..n).map(|_| call("web.get", json!([url]))).collect();
+            bulk(broker, reqs, 1000, |_, v| v["status"] == 200).await?
+        }
     };
     let mem = watch.stop();
     drop(worker);
+    if w == Workload::Io {
+        check_served(env, served, n, "Celeriac")?;
+    }
     Ok(Run {
         elapsed,
         samples,
@@ -521,14 +691,27 @@ async fn celeriac_run(
     })
 }
 
-fn celeriac_worker(env: &Env, trust_dir: &Path, name: &str) -> anyhow::Result<Worker> {
+/// A `celeriac worker` with `concurrency` slots; `loopback` lets its
+/// components reach 127.0.0.1 (the io server), which workers refuse by
+/// default.
+fn celeriac_worker(
+    env: &Env,
+    trust_dir: &Path,
+    name: &str,
+    concurrency: &str,
+    loopback: bool,
+) -> anyhow::Result<Worker> {
     let log = std::fs::File::create(env.scratch.path().join(format!("celeriac-{name}.log")))?;
-    let worker = Command::new(&env.celeriac_bin)
-        .arg("worker")
+    let mut cmd = Command::new(&env.celeriac_bin);
+    cmd.arg("worker")
         .arg("--trust")
         .arg(trust_dir)
-        .args(["--concurrency", SLOTS, "--broker", &env.redis])
-        .args(["--prefix", &env.celeriac_prefix])
+        .args(["--concurrency", concurrency, "--broker", &env.redis])
+        .args(["--prefix", &env.celeriac_prefix]);
+    if loopback {
+        cmd.args(["--allow-private", "127.0.0.1"]);
+    }
+    let worker = cmd
         .env("CELERIAC_CACHE_DIR", env.scratch.path().join("cache"))
         .env("CELERIAC_LOG", "warn")
         .stdout(log.try_clone()?)
@@ -697,6 +880,110 @@ async fn redis_info(url: &str, field: &str) -> anyhow::Result<String> {
         .unwrap_or("?")
         .trim()
         .to_string())
+}
+
+// ---------------------------------------------------------------------
+// The io workload's HTTP server.
+
+/// HTTP/1.1 with keep-alive on 127.0.0.1: every request waits 50 ms, then
+/// answers 200 `ok`. It runs on a runtime of its own (one thread) because
+/// this process's measuring runtime blocks while driver.py runs Celery.
+struct IoServer {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+}
+
+impl IoServer {
+    fn start() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("io-server")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _in_rt = rt.enter();
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            // Hundreds of clients may connect at once.
+            socket.listen(4096)?
+        };
+        let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
+        rt.spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: let connections close.
+                        eprintln!("io server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let answer = service_fn(move |_: Request<Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            tokio::time::sleep(IO_DELAY).await;
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("text/plain"),
+                            );
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    // A client closing its connection mid-way is no error here.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), answer)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            rt: Some(rt),
+            addr,
+            served,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Requests answered so far.
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for IoServer {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which an async context forbids.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Every task of a run made its request: the server answered at least `n`
+/// since `before` (more only if a task was redelivered).
+fn check_served(env: &Env, before: Option<u64>, n: usize, who: &str) -> anyhow::Result<()> {
+    let got = env.server()?.served() - before.unwrap_or(0);
+    ensure!(
+        got >= n as u64,
+        "{who}: the io server answered {got} requests for {n} tasks"
+    );
+    if got > n as u64 {
+        eprintln!("io: {who} made {got} requests for {n} tasks (redeliveries)");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------
@@ -906,6 +1193,17 @@ fn report(rows: &[Row], versions: &Value, redis: &str) -> String {
         cpu,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
+    if rows.iter().any(|r| r.workload == Workload::Io) {
+        let _ = writeln!(
+            s,
+            "\n`io`: each task one GET to a local HTTP/1.1 server answering after {} ms; \
+             Celery prefork -c {SLOTS}, or gevent -c {GEVENT_SLOTS} (gevent {}; requests {}, \
+             one pooled session per process); Celeriac --concurrency {IO_SLOTS}.",
+            IO_DELAY.as_millis(),
+            versions["gevent"].as_str().unwrap_or("?"),
+            versions["requests"].as_str().unwrap_or("?"),
+        );
+    }
     s
 }
 

@@ -116,6 +116,10 @@ pub struct ModuleInfo {
     /// module's versions by it. Absent in records of older releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_at: Option<String>,
+    /// What the signed manifest of this version grants (shown by
+    /// `celeriac components`; workers read it from the signature itself).
+    #[serde(default, skip_serializing_if = "celeriac_protocol::Grants::is_empty")]
+    pub grants: celeriac_protocol::Grants,
 }
 
 /// A message to put on a queue, now or at `due_ms`.
@@ -430,6 +434,23 @@ pub trait Broker: Send + Sync + 'static {
     /// Wait (push-based) until the record is final or `timeout` passes;
     /// returns the latest record seen.
     async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>>;
+
+    // --- key-value state of task modules (each module its own namespace) ---
+    async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>>;
+    /// Store `value` (only if absent, with `only_if_absent`); true if stored.
+    async fn kv_set(
+        &self,
+        module: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> BrokerResult<bool>;
+    /// True if the key held a value.
+    async fn kv_delete(&self, module: &str, key: &str) -> BrokerResult<bool>;
+    /// Add `delta` atomically; `Ok(None)` if the value is not an integer
+    /// or the sum overflows.
+    async fn kv_increment(&self, module: &str, key: &str, delta: i64) -> BrokerResult<Option<i64>>;
 
     // --- dead letters ---
     async fn dlq_list(&self, queue: &str, limit: usize) -> BrokerResult<Vec<DeadLetter>>;

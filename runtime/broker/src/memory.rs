@@ -35,7 +35,24 @@ struct State {
     queues: BTreeMap<String, Queue>,
     results: HashMap<String, (String, Instant)>,
     workers: HashMap<String, (WorkerInfo, Instant)>,
+    /// Key-value state by (module, key): the value and when it expires.
+    kv: HashMap<(String, String), (Vec<u8>, Option<Instant>)>,
     seq: u64,
+}
+
+impl State {
+    /// The live value at (module, key), dropping it if it has expired.
+    fn kv_live(&mut self, module: &str, key: &str) -> Option<&mut (Vec<u8>, Option<Instant>)> {
+        let k = (module.to_string(), key.to_string());
+        if self
+            .kv
+            .get(&k)
+            .is_some_and(|(_, exp)| exp.is_some_and(|t| t <= Instant::now()))
+        {
+            self.kv.remove(&k);
+        }
+        self.kv.get_mut(&k)
+    }
 }
 
 #[derive(Default)]
@@ -473,6 +490,61 @@ impl Broker for MemoryBroker {
             }
             None => Ok(None),
         }
+    }
+
+    async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>> {
+        Ok(self.lock().kv_live(module, key).map(|(v, _)| v.clone()))
+    }
+
+    async fn kv_set(
+        &self,
+        module: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        if only_if_absent && s.kv_live(module, key).is_some() {
+            return Ok(false);
+        }
+        let expires = ttl.map(|t| Instant::now() + t);
+        s.kv.insert(
+            (module.to_string(), key.to_string()),
+            (value.to_vec(), expires),
+        );
+        Ok(true)
+    }
+
+    async fn kv_delete(&self, module: &str, key: &str) -> BrokerResult<bool> {
+        let mut s = self.lock();
+        let live = s.kv_live(module, key).is_some();
+        s.kv.remove(&(module.to_string(), key.to_string()));
+        Ok(live)
+    }
+
+    async fn kv_increment(&self, module: &str, key: &str, delta: i64) -> BrokerResult<Option<i64>> {
+        let mut s = self.lock();
+        // As Redis INCRBY: a missing key counts as 0 and keeps no expiry;
+        // an existing one keeps its expiry.
+        let (current, expires) = match s.kv_live(module, key) {
+            Some((v, exp)) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+            {
+                Some(n) => (n, *exp),
+                None => return Ok(None),
+            },
+            None => (0, None),
+        };
+        let Some(next) = current.checked_add(delta) else {
+            return Ok(None);
+        };
+        s.kv.insert(
+            (module.to_string(), key.to_string()),
+            (next.to_string().into_bytes(), expires),
+        );
+        Ok(Some(next))
     }
 
     async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>> {

@@ -354,6 +354,12 @@ impl RedisBroker {
         eval_on(&mut self.conn(), script, calls).await
     }
 
+    /// A module's key-value key. Module names hold no `:`, so no key of
+    /// one module can name another's.
+    fn kv_key(&self, module: &str, key: &str) -> String {
+        format!("{}kv:{module}:{key}", self.prefix)
+    }
+
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
     }
@@ -1161,6 +1167,51 @@ impl Broker for RedisBroker {
 
     async fn get_result(&self, task_id: &str) -> BrokerResult<Option<String>> {
         Ok(self.conn().get(self.result_key(task_id)).await?)
+    }
+
+    async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>> {
+        Ok(self.conn().get(self.kv_key(module, key)).await?)
+    }
+
+    async fn kv_set(
+        &self,
+        module: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> BrokerResult<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.kv_key(module, key)).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX")
+                .arg(celeriac_protocol::clock::millis(ttl).max(1));
+        }
+        if only_if_absent {
+            cmd.arg("NX");
+        }
+        // SET answers OK, or nil when NX found the key taken.
+        let reply: Option<String> = cmd.query_async(&mut self.conn()).await?;
+        Ok(reply.is_some())
+    }
+
+    async fn kv_delete(&self, module: &str, key: &str) -> BrokerResult<bool> {
+        let removed: u64 = self.conn().del(self.kv_key(module, key)).await?;
+        Ok(removed > 0)
+    }
+
+    async fn kv_increment(&self, module: &str, key: &str, delta: i64) -> BrokerResult<Option<i64>> {
+        match self
+            .conn()
+            .incr::<_, _, i64>(self.kv_key(module, key), delta)
+            .await
+        {
+            Ok(n) => Ok(Some(n)),
+            // "value is not an integer or out of range" / "increment or
+            // decrement would overflow"
+            Err(e) if e.code() == Some("ERR") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>> {

@@ -151,6 +151,7 @@ pub async fn upload(
                 size: bytes.len() as u64,
                 uploaded_at: now_ms(),
                 signed_at: Some(verified.manifest.signed_at.clone()),
+                grants: verified.manifest.grants.clone(),
             })
             .await?;
     }
@@ -347,6 +348,7 @@ mod tests {
             module: "math".into(),
             signer: "alice".into(),
             signed_at: signed_at.into(),
+            grants: Default::default(),
         }
     }
 
@@ -358,6 +360,7 @@ mod tests {
             size: 1,
             uploaded_at: 0,
             signed_at: signed_at.map(str::to_string),
+            grants: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use wit_component::ComponentEncoder;
 use wit_parser::Resolve;
 
-use crate::{BuildError, WIT, create_dir, io, wit, write};
+use crate::{BuildError, create_dir, io, wit, write, write_wit};
 
 /// The contract and the C SDK travel inside the binary, so `celeriac
 /// build` works on a C project anywhere.
@@ -52,7 +52,10 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
     // Bindings for the world, generated fresh each build from the embedded WIT.
     let mut resolve = Resolve::default();
     const BINDINGS: &str = "generating C bindings";
-    let pkg = resolve.push_str("task.wit", WIT).map_err(wit(BINDINGS))?;
+    write_wit(&gen_dir.join("wit"))?;
+    let (pkg, _) = resolve
+        .push_dir(gen_dir.join("wit"))
+        .map_err(wit(BINDINGS))?;
     let world = resolve
         .select_world(&[pkg], Some("task"))
         .map_err(wit(BINDINGS))?;

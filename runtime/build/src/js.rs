@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{BuildError, WIT, create_dir, io, succeeded, write};
+use crate::{BuildError, io, succeeded, write, write_wit};
 
 const SDK: &str = include_str!("../../../guest-sdk/js/celeriac.js");
 const BUILD_SCRIPT: &str = include_str!("../../../guest-sdk/js/build.mjs");
@@ -38,8 +38,7 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
     // The script and SDK go inside DIR so Node finds DIR/node_modules.
     let out = dir.join("target/celeriac");
     let js_dir = out.join("js");
-    create_dir(&js_dir.join("wit"))?;
-    write(&js_dir.join("wit/task.wit"), WIT)?;
+    write_wit(&js_dir.join("wit"))?;
     write(&js_dir.join("celeriac.js"), SDK)?;
     write(&js_dir.join("build.mjs"), BUILD_SCRIPT)?;
     let wasm = out.join(format!("{module}.wasm"));

@@ -10,9 +10,51 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The task contract, carried inside the binary so `celeriac build` works
-/// on a project anywhere.
-const WIT: &str = include_str!("../../../wit/task.wit");
+/// The task contract and the WASI packages it names (path under `wit/`,
+/// text), carried inside the binary so `celeriac build` works on a project
+/// anywhere.
+const WIT_FILES: &[(&str, &str)] = &[
+    ("task.wit", include_str!("../../../wit/task.wit")),
+    (
+        "deps/config/store.wit",
+        include_str!("../../../wit/deps/config/store.wit"),
+    ),
+    (
+        "deps/config/world.wit",
+        include_str!("../../../wit/deps/config/world.wit"),
+    ),
+    ("deps/cli.wit", include_str!("../../../wit/deps/cli.wit")),
+    (
+        "deps/clocks.wit",
+        include_str!("../../../wit/deps/clocks.wit"),
+    ),
+    (
+        "deps/filesystem.wit",
+        include_str!("../../../wit/deps/filesystem.wit"),
+    ),
+    ("deps/http.wit", include_str!("../../../wit/deps/http.wit")),
+    ("deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    (
+        "deps/random.wit",
+        include_str!("../../../wit/deps/random.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("../../../wit/deps/sockets.wit"),
+    ),
+];
+
+/// Write the contract (task.wit and its deps) into `dir`.
+fn write_wit(dir: &Path) -> Result<(), BuildError> {
+    for (rel, text) in WIT_FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            create_dir(parent)?;
+        }
+        write(&path, text)?;
+    }
+    Ok(())
+}
 
 /// The wasm target every Rust task is built for: it emits a component
 /// directly, with no adapter step.

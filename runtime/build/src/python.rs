@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{BuildError, WIT, create_dir, io, succeeded, write};
+use crate::{BuildError, io, succeeded, write, write_wit};
 
 const SDK: &str = include_str!("../../../guest-sdk/python/celeriac.py");
 /// The componentize-py release the SDK is tested with.
@@ -24,8 +24,7 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
     if gen_dir.exists() {
         std::fs::remove_dir_all(&gen_dir).map_err(io(format!("cleaning {}", gen_dir.display())))?;
     }
-    create_dir(&gen_dir.join("wit"))?;
-    write(&gen_dir.join("wit/task.wit"), WIT)?;
+    write_wit(&gen_dir.join("wit"))?;
     write(&gen_dir.join("celeriac.py"), SDK)?;
     // componentize-py wants a module exposing the world's class; the author
     // only writes app.py, so the entry module is generated here.
@@ -37,7 +36,16 @@ pub(crate) fn build(dir: &Path, module: &str) -> Result<PathBuf, BuildError> {
     let output = Command::new(&tool)
         .arg("-d")
         .arg(gen_dir.join("wit"))
-        .args(["-w", "task", "componentize", "celeriac_entry", "-p"])
+        // The world with wasi:http, whose bindings the SDK's `http` helper
+        // uses. Both packages name an interface `types`: keep ours as
+        // `types`, theirs as `http_types`.
+        .args(["-w", "task-with-http"])
+        .args(["--import-interface-name", "celeriac:task/types@0.1.0=types"])
+        .args([
+            "--import-interface-name",
+            "wasi:http/types@0.2.12=http_types",
+        ])
+        .args(["componentize", "celeriac_entry", "-p"])
         .arg(&gen_dir)
         .arg("-p")
         .arg(dir)

@@ -2,6 +2,7 @@
 //! one verb (`commands/<verb>.rs`) and turns its outcome into an exit
 //! code. Verbs parse and print; what they do lives in the library crates.
 
+mod capabilities;
 mod commands;
 mod common;
 mod component_file;

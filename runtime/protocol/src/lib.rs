@@ -5,6 +5,7 @@
 //!
 //! - [`message`]: the task message, its limits, bounds and validation
 //! - [`record`]: result records and task states
+//! - [`grants`]: what a signed component may reach (HTTP origins, config, key-value)
 //! - [`Digest`]: the content identity of a component
 //! - [`Backoff`]: one exponential delay policy (task retries, reconnects)
 //! - [`clock`], [`units`], [`text`]: Unix milliseconds, human durations and
@@ -13,6 +14,7 @@
 pub mod backoff;
 pub mod clock;
 mod digest;
+pub mod grants;
 pub mod message;
 pub mod record;
 pub mod text;
@@ -21,5 +23,6 @@ pub mod units;
 pub use backoff::Backoff;
 pub use clock::now_ms;
 pub use digest::{Digest, DigestError};
+pub use grants::{GrantError, Grants, OriginPattern};
 pub use message::{MessageError, MessageLimits, TaskMessage, bounds};
 pub use record::{ErrorInfo, RecordLimits, ResultRecord, TaskState};

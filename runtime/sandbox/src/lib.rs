@@ -3,9 +3,10 @@
 //! in one line.
 //!
 //! One [`Sandbox`] per host: it owns the engine (pooling allocator, fuel and
-//! epoch interruption), the linker (WASI with nothing granted, plus the
-//! `celeriac:task/context` imports), the on-disk compile cache and an LRU of
-//! ready-to-instantiate components.
+//! epoch interruption), the linker (WASI with nothing granted, the
+//! `celeriac:task` imports, and the capabilities a signed grant can open:
+//! `wasi:http`, `wasi:config`, key-value), the pooled HTTP client, the
+//! on-disk compile cache and an LRU of ready-to-instantiate components.
 
 mod bindings;
 mod cache;
@@ -26,13 +27,17 @@ use wasmtime::{CallHook, Engine, Store, StoreContextMut, Trap, UpdateDeadline};
 
 pub use cache::{CacheError, default_cache_root};
 pub use engine::EPOCH_TICK;
+pub use host::config::ConfigValues;
+pub use host::http::policy::{self as http_policy, HttpPolicy};
+pub use host::kv::{KeyValue, KvError};
 pub use limits::{HOST_FUEL_PER_BYTE, Limits};
 pub use outcome::{FailureKind, TaskCall, TaskError, TaskReport};
 
 use bindings::{Task, TaskPre};
 use cache::DiskCache;
 use engine::EpochTicker;
-use host::{HostState, TaskContext};
+use host::http::HttpShared;
+use host::{Capabilities, HostState, TaskContext};
 
 use celeriac_protocol::Digest;
 
@@ -58,6 +63,10 @@ pub struct SandboxConfig {
     pub output_cap: usize,
     /// Bytes of log messages a task may emit.
     pub log_cap: usize,
+    /// What tasks may reach over HTTP, whatever their grants say.
+    pub http: HttpPolicy,
+    /// Configuration values tasks may read by granted key.
+    pub task_config: ConfigValues,
 }
 
 impl SandboxConfig {
@@ -76,6 +85,8 @@ impl Default for SandboxConfig {
             loaded_capacity: 64,
             output_cap: 64 << 10,
             log_cap: 256 << 10,
+            http: HttpPolicy::default(),
+            task_config: ConfigValues::default(),
         }
     }
 }
@@ -140,6 +151,9 @@ pub struct Sandbox {
     config: SandboxConfig,
     disk: Option<DiskCache>,
     loaded: Mutex<LruCache<Digest, Arc<LoadedComponent>>>,
+    http: Arc<HttpShared>,
+    task_config: Arc<ConfigValues>,
+    kv: Option<Arc<dyn KeyValue>>,
     _ticker: EpochTicker,
 }
 
@@ -149,6 +163,8 @@ impl Sandbox {
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
@@ -162,10 +178,20 @@ impl Sandbox {
             _ticker: EpochTicker::start(engine.clone()),
             engine,
             linker,
-            config,
             disk,
             loaded: Mutex::new(LruCache::new(capacity)),
+            http: Arc::new(HttpShared::new(config.http.clone())),
+            task_config: Arc::new(config.task_config.clone()),
+            kv: None,
+            config,
         })
+    }
+
+    /// Serve the `kv` interface from `store` (the worker's broker). Without
+    /// one, key-value calls fail as unavailable.
+    pub fn with_key_value(mut self, store: Arc<dyn KeyValue>) -> Self {
+        self.kv = Some(store);
+        self
     }
 
     pub fn config(&self) -> &SandboxConfig {
@@ -295,8 +321,15 @@ impl Sandbox {
             soft_deadline: limits.soft_timeout.map(|d| now + d),
             hard_deadline,
         };
+        let caps = Capabilities {
+            grants: call.grants.clone(),
+            http: self.http.clone(),
+            config: self.task_config.clone(),
+            kv: self.kv.clone(),
+        };
         let state = HostState::new(
             context,
+            caps,
             limits.memory,
             self.config.output_cap,
             self.config.log_cap,

@@ -20,6 +20,8 @@ pub struct TaskCall {
     pub kwargs: String,
     pub retries: u32,
     pub max_retries: u32,
+    /// What the component's signed manifest grants (HTTP, config, kv).
+    pub grants: std::sync::Arc<celeriac_protocol::Grants>,
 }
 
 /// Failure kinds a task reports itself (the WIT `failure-kind`).

@@ -16,16 +16,17 @@
 //! The signature covers `celeriac-signature/v1\n` followed by the exact
 //! payload bytes, so no JSON canonicalisation is involved. The manifest
 //! holds `digest` (`sha256:<hex>`), `size`, `module`, `signer` and
-//! `signed_at` (RFC 3339).
+//! `signed_at` (RFC 3339), and `grants` when the component may reach
+//! anything (see [`celeriac_protocol::grants`]).
 
 mod keys;
 mod signature;
 mod trust;
 
-pub use celeriac_protocol::{Digest, DigestError};
+pub use celeriac_protocol::{Digest, DigestError, GrantError, Grants, OriginPattern};
 pub use keys::{KeyError, KeyPair, PublicKey, generate_keypair, key_id};
 pub use signature::{
-    Manifest, SignatureError, SignatureFile, sign_component, sign_component_at, signature_path,
-    validate_module_name,
+    Manifest, SignatureError, SignatureFile, sign_component, sign_component_at,
+    sign_component_with, signature_path, validate_module_name,
 };
 pub use trust::{Signed, TrustStore, Verified, VerifyError};

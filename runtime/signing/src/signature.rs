@@ -9,6 +9,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
+use celeriac_protocol::grants::{GrantError, Grants};
+
 use super::{Digest, KeyPair, key_id};
 
 /// Format tag of signature files, also the domain-separation prefix of the
@@ -29,6 +31,11 @@ pub struct Manifest {
     pub signer: String,
     /// When it was signed, RFC 3339.
     pub signed_at: String,
+    /// What the component may reach (HTTP origins, config keys, key-value):
+    /// part of what is signed, so no one but the signer can widen it.
+    /// Absent in manifests that grant nothing.
+    #[serde(default, skip_serializing_if = "Grants::is_empty")]
+    pub grants: Grants,
 }
 
 impl Manifest {
@@ -61,6 +68,8 @@ pub enum SignatureError {
     Malformed(String),
     #[error("invalid module name `{0}`: use letters, digits, `_` and `-`, starting with a letter")]
     BadModuleName(String),
+    #[error(transparent)]
+    Grant(#[from] GrantError),
 }
 
 /// Where the signature of `component` lives by default: `COMPONENT.sig`.
@@ -84,13 +93,13 @@ pub fn validate_module_name(name: &str) -> Result<(), SignatureError> {
     }
 }
 
-/// Sign `bytes` as module `module` with `key`, dated now.
+/// Sign `bytes` as module `module` with `key`, dated now, granting nothing.
 pub fn sign_component(
     bytes: &[u8],
     key: &KeyPair,
     module: &str,
 ) -> Result<SignatureFile, SignatureError> {
-    sign_component_at(bytes, key, module, SystemTime::now())
+    sign_component_with(bytes, key, module, &Grants::default(), SystemTime::now())
 }
 
 /// Sign with an explicit `signed_at` (to the second): for reproducible
@@ -102,13 +111,26 @@ pub fn sign_component_at(
     module: &str,
     signed_at: SystemTime,
 ) -> Result<SignatureFile, SignatureError> {
+    sign_component_with(bytes, key, module, &Grants::default(), signed_at)
+}
+
+/// Sign `bytes` as module `module`, requesting `grants` (checked first).
+pub fn sign_component_with(
+    bytes: &[u8],
+    key: &KeyPair,
+    module: &str,
+    grants: &Grants,
+    signed_at: SystemTime,
+) -> Result<SignatureFile, SignatureError> {
     validate_module_name(module)?;
+    grants.validate()?;
     let manifest = Manifest {
         digest: Digest::of(bytes),
         size: bytes.len() as u64,
         module: module.to_string(),
         signer: key.name.clone(),
         signed_at: humantime::format_rfc3339_seconds(signed_at).to_string(),
+        grants: grants.clone(),
     };
     let payload = serde_json::to_vec(&manifest)
         .map_err(|e| SignatureError::Malformed(format!("could not encode manifest: {e}")))?;

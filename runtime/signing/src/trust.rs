@@ -164,6 +164,10 @@ impl TrustStore {
         // Only now is the manifest trustworthy.
         let manifest: Manifest = serde_json::from_slice(&payload)
             .map_err(|e| VerifyError::Malformed(format!("manifest is not valid: {e}")))?;
+        manifest
+            .grants
+            .validate()
+            .map_err(|e| VerifyError::Malformed(format!("manifest grants are not valid: {e}")))?;
         Ok(Signed {
             manifest,
             signer: key.name.clone(),
@@ -309,5 +313,46 @@ mod tests {
             generate_keypair(&dir.path().join("k")),
             Err(KeyError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn grants_are_signed_and_cannot_be_widened() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, alice_pub) = keypair(dir.path(), "alice");
+        let trust = TrustStore::from_keys([alice_pub]);
+        let grants = crate::Grants {
+            http: vec!["https://api.example.com".parse().unwrap()],
+            config: vec!["token".into()],
+            kv: true,
+        };
+        let sig =
+            crate::sign_component_with(b"x", &alice, "web", &grants, std::time::SystemTime::now())
+                .unwrap();
+        assert_eq!(trust.verify(b"x", &sig).unwrap().manifest.grants, grants);
+
+        // Someone with write access to the store widens the grant: the
+        // payload no longer matches the signature.
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let payload = String::from_utf8(b64.decode(&sig.payload).unwrap()).unwrap();
+        let widened = payload.replace("https://api.example.com", "https://*");
+        assert_ne!(payload, widened);
+        let forged = SignatureFile {
+            payload: b64.encode(widened),
+            ..sig.clone()
+        };
+        assert!(matches!(
+            trust.verify(b"x", &forged),
+            Err(VerifyError::BadSignature { .. })
+        ));
+
+        // A signer cannot ask for malformed grants.
+        let bad = crate::Grants {
+            config: vec!["a b".into()],
+            ..Default::default()
+        };
+        let e = crate::sign_component_with(b"x", &alice, "web", &bad, std::time::SystemTime::now())
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid config key `a b`"), "{e}");
     }
 }

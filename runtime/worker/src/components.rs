@@ -15,7 +15,7 @@ use tokio::sync::OnceCell;
 
 use celeriac_broker::Broker;
 use celeriac_broker::registry::{RegistryError, fetch_verified};
-use celeriac_protocol::Digest;
+use celeriac_protocol::{Digest, Grants};
 use celeriac_sandbox::{LoadedComponent, Sandbox};
 use celeriac_signing::TrustStore;
 
@@ -25,9 +25,11 @@ const REFUSAL_TTL: Duration = Duration::from_secs(60);
 /// Refusals remembered at most; the least recently used go first.
 const REFUSAL_CAP: usize = 1024;
 
-/// A component ready to run, signed as the module it was asked for.
+/// A component ready to run, signed as the module it was asked for, with
+/// what its signed manifest grants.
 pub(super) struct Ready {
     pub loaded: Arc<LoadedComponent>,
+    pub grants: Arc<Grants>,
 }
 
 pub(super) enum LoadError {
@@ -136,8 +138,13 @@ impl ComponentCache {
             .await
             .map_err(|e| LoadError::Transient(format!("compile task failed: {e}")))?
             .map_err(|e| LoadError::Refused(format!("component {digest}: {e}")))?;
-        tracing::info!(%digest, module = %verified.manifest.module, signer = %verified.signer, origin = ?loaded.1, "component ready");
-        Ok(Arc::new(Ready { loaded: loaded.0 }))
+        let grants = verified.manifest.grants;
+        tracing::info!(%digest, module = %verified.manifest.module, signer = %verified.signer,
+            origin = ?loaded.1, grants = %grants.summary(), "component ready");
+        Ok(Arc::new(Ready {
+            loaded: loaded.0,
+            grants: Arc::new(grants),
+        }))
     }
 }
 

@@ -21,6 +21,7 @@ mod components;
 mod config;
 mod finisher;
 mod keeper;
+mod kv;
 mod leases;
 mod metrics;
 mod pacing;
@@ -39,6 +40,7 @@ use tracing::Instrument;
 
 use config::hostname;
 pub use config::{WorkerConfig, WorkerSummary, default_worker_id};
+pub use kv::key_value;
 pub use metrics::{MetricsError, install_prometheus};
 
 use admit::{Admission, Admitted, Turned, admit};
@@ -387,6 +389,7 @@ impl Worker {
             kwargs: msg.kwargs.get().to_string(),
             retries: msg.retries,
             max_retries: msg.max_retries,
+            grants: component.grants.clone(),
         };
         let limits = settle::effective_limits(&self.config.limits, msg);
         let started_at = now_ms();

@@ -6,11 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use celeriac_broker::Broker;
 use celeriac_broker::registry::UploadOptions;
 use celeriac_sandbox::{Sandbox, SandboxConfig};
-use celeriac_signing::{KeyPair, PublicKey, TrustStore, generate_keypair, sign_component};
+use celeriac_signing::{
+    Grants, KeyPair, PublicKey, TrustStore, generate_keypair, sign_component, sign_component_with,
+};
 
 pub fn workspace_root() -> PathBuf {
     // CARGO_MANIFEST_DIR is runtime/cli.
@@ -41,7 +44,7 @@ pub fn component(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "math", "-p", "text", "-p", "misbehave"])
+            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "math", "-p", "text", "-p", "misbehave", "-p", "web"])
             .arg("--target-dir")
             .arg(&target)
             .status()
@@ -114,7 +117,20 @@ impl Publisher {
     /// Sign `bytes` as `module` and upload them through the registry
     /// (checked as `celeriac upload` checks them).
     pub async fn upload_bytes(&self, broker: &dyn Broker, bytes: &[u8], module: &str) {
-        let sig = sign_component(bytes, &self.key, module).expect("sign the component");
+        self.upload_granting(broker, bytes, module, &Grants::default())
+            .await;
+    }
+
+    /// As [`Publisher::upload_bytes`], the signed manifest granting `grants`.
+    pub async fn upload_granting(
+        &self,
+        broker: &dyn Broker,
+        bytes: &[u8],
+        module: &str,
+        grants: &Grants,
+    ) {
+        let sig = sign_component_with(bytes, &self.key, module, grants, SystemTime::now())
+            .expect("sign the component");
         celeriac_broker::registry::upload(broker, bytes, &sig, &self.trust, upload_options())
             .await
             .unwrap_or_else(|e| panic!("upload {module}: {e}"));

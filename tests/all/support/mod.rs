@@ -2,12 +2,14 @@
 //! prefixes (`keys`), the example components and their publisher
 //! (`components`), the per-test [`Fixture`], the `celeriac` binary
 //! (`command`), in-process workers (`worker`), tasks and their records
-//! (`tasks`), private servers (`servers`) and waiting for a state
-//! (`wait`). Everything is re-exported here.
+//! (`tasks`), private servers (`servers`), a local HTTP server for tasks
+//! to call (`http_server`) and waiting for a state (`wait`). Everything is
+//! re-exported here.
 
 pub mod command;
 pub mod components;
 pub mod fixture;
+pub mod http_server;
 pub mod keys;
 pub mod servers;
 pub mod tasks;
@@ -19,6 +21,7 @@ pub use components::{
     Publisher, component, read_component, upload_options, worker_check, workspace_root,
 };
 pub use fixture::Fixture;
+pub use http_server::TestServer;
 pub use keys::{Prefix, redis_url};
 pub use servers::{PrivateRedis, free_port, http_get};
 pub use tasks::{fetch_limits, finished, reached, request, submit};

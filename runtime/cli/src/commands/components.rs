@@ -1,5 +1,5 @@
 //! `celeriac components`: the uploaded modules, their digests, signers,
-//! sizes and upload times.
+//! sizes, upload times and grants.
 
 use std::process::ExitCode;
 
@@ -25,17 +25,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<16} {:<73} {:<12} {:>10}  UPLOADED",
-            "MODULE", "DIGEST", "SIGNER", "SIZE"
+            "{:<16} {:<73} {:<12} {:>10}  {:<20} GRANTS",
+            "MODULE", "DIGEST", "SIGNER", "SIZE", "UPLOADED"
         );
         for m in modules {
             println!(
-                "{:<16} {:<73} {:<12} {:>10}  {}",
+                "{:<16} {:<73} {:<12} {:>10}  {:<20} {}",
                 m.module,
                 m.digest.to_string(),
                 m.signer,
                 format_size(m.size),
-                time(m.uploaded_at)
+                time(m.uploaded_at),
+                m.grants.summary()
             );
         }
         Ok(ExitCode::SUCCESS)

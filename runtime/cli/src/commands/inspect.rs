@@ -64,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "key_id": v.key_id,
             "module": v.manifest.module,
             "signed_at": v.manifest.signed_at,
+            "grants": v.manifest.grants,
         }),
         (None, Some((path, sig))) => match sig.unverified_manifest() {
             Ok(m) => json!({
@@ -73,6 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "key_id": sig.key_id,
                 "module": m.module,
                 "signed_at": m.signed_at,
+                "grants": m.grants,
                 "matches_bytes": m.digest == digest,
             }),
             Err(e) => json!({ "verified": false, "file": path, "error": e.to_string() }),
@@ -128,6 +130,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ""
                 }
             ),
+        }
+        if let Some(grants) = signature.get("grants") {
+            // From the signed manifest; unverified unless --trust says so.
+            let grants: celeriac_protocol::Grants =
+                serde_json::from_value(grants.clone()).unwrap_or_default();
+            println!("grants:    {}", grants.summary());
         }
         if let Some(e) = &load_error {
             println!("error:     {e}");

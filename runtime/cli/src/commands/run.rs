@@ -1,11 +1,14 @@
 //! `celeriac run`: one task of a local component in the sandbox, no
-//! broker; prints the result or the one-line cause.
+//! broker; prints the result or the one-line cause. A component verified
+//! with `--trust` gets the grants its manifest signs (under the same
+//! policy flags as a worker); an unverified one gets none.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
+use crate::capabilities::PolicyArgs;
 use crate::common::{LimitArgs, parse_call_json};
 use crate::component_file::open;
 use crate::{exit, one_line, runtime};
@@ -34,6 +37,10 @@ pub struct Args {
     /// Task id shown to the task and in logs; defaults to a new UUID.
     #[arg(long)]
     id: Option<String>,
+    /// What the task may reach over HTTP, and the configuration it may
+    /// read, as for a worker.
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -63,8 +70,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let sandbox = Sandbox::new(SandboxConfig {
         concurrency: 1,
+        http: args.policy.http_policy()?,
+        task_config: args.policy.task_config()?,
         ..SandboxConfig::default()
     })?;
+    let grants = file
+        .verified
+        .as_ref()
+        .map(|v| v.manifest.grants.clone())
+        .unwrap_or_default();
     let (component, _) = sandbox
         .load(&file.bytes)
         .with_context(|| format!("loading {}", args.component.display()))?;
@@ -78,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kwargs: args.kwargs,
         retries: 0,
         max_retries: 0,
+        grants: std::sync::Arc::new(grants),
     };
     let report = runtime()?.block_on(sandbox.run(&component, &call, &limits));
     tracing::info!(

@@ -1,12 +1,13 @@
-//! `celeriac sign`: sign a component with a private key, writing
-//! COMPONENT.sig.
+//! `celeriac sign`: sign a component with a private key, with the
+//! capabilities it requests, writing COMPONENT.sig.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
-use celeriac_signing::{KeyPair, sign_component, signature_path};
+use crate::capabilities::GrantArgs;
+use celeriac_signing::{KeyPair, sign_component_with, signature_path};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,6 +22,9 @@ pub struct Args {
     /// Where to write the signature; defaults to COMPONENT.sig.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// What the component may reach, signed with it.
+    #[command(flatten)]
+    grants: GrantArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -35,18 +39,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map(|s| s.to_string_lossy().into_owned())
             .context("cannot derive a module name from the file name; pass --name")?,
     };
-    let sig = sign_component(&bytes, &key, &module)?;
+    let grants = args.grants.grants();
+    let sig = sign_component_with(&bytes, &key, &module, &grants, std::time::SystemTime::now())?;
     let manifest = sig.unverified_manifest()?;
     let out = args.out.unwrap_or_else(|| signature_path(&args.component));
     std::fs::write(&out, sig.to_json() + "\n")
         .with_context(|| format!("writing {}", out.display()))?;
     println!(
-        "signed {} as module `{}` ({}) by {} (key id {}): {}",
+        "signed {} as module `{}` ({}) by {} (key id {}), granting {}: {}",
         args.component.display(),
         manifest.module,
         manifest.digest,
         key.name,
         sig.key_id,
+        manifest.grants.summary(),
         out.display()
     );
     Ok(ExitCode::SUCCESS)

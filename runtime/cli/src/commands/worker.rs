@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::capabilities::PolicyArgs;
 use crate::common::{BrokerArgs, LimitArgs};
 
 use celeriac_client::validate_queue;
@@ -16,7 +17,7 @@ use celeriac_protocol::Backoff;
 use celeriac_protocol::units::{parse_duration, parse_size};
 use celeriac_sandbox::{Sandbox, SandboxConfig};
 use celeriac_signing::TrustStore;
-use celeriac_worker::{Worker, WorkerConfig, default_worker_id, install_prometheus};
+use celeriac_worker::{Worker, WorkerConfig, default_worker_id, install_prometheus, key_value};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -83,6 +84,9 @@ pub struct Args {
     /// recently used artifacts are evicted past it.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "CELERIAC_CACHE_MAX_SIZE", default_value = "1GiB")]
     cache_max_size: u64,
+    /// What tasks may reach over HTTP, and the configuration they may read.
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Worker id (default host-pid-random).
     #[arg(long)]
     id: Option<String>,
@@ -107,12 +111,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.max_components == 0 {
         anyhow::bail!("--max-components must be at least 1");
     }
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig {
+    let task_config = args.policy.task_config()?;
+    if !task_config.is_empty() {
+        // Key names only: values may be secrets.
+        let keys: Vec<&str> = task_config.keys().collect();
+        tracing::info!(keys = %keys.join(" "), "task configuration loaded");
+    }
+    let sandbox = Sandbox::new(SandboxConfig {
         concurrency,
         loaded_capacity: args.max_components,
         cache_max_bytes: args.cache_max_size,
+        http: args.policy.http_policy()?,
+        task_config,
         ..SandboxConfig::default()
-    })?);
+    })?;
     let config = WorkerConfig {
         id: args.id.clone().unwrap_or_else(default_worker_id),
         queues: args.queues.clone(),
@@ -155,6 +167,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let Some(broker) = connected else {
             return Ok(ExitCode::SUCCESS);
         };
+        // Tasks' key-value state lives beside the queue.
+        let sandbox = Arc::new(sandbox.with_key_value(key_value(broker.clone())));
         let worker = Worker::new(broker, sandbox, trust, config);
         let summary = worker.run(shutdown).await;
         tracing::info!(

@@ -4,16 +4,23 @@
 //! so nothing leaks between tasks.
 //!
 //! One module per capability the host offers a guest, each with its own
-//! limits and tests (the next capabilities, HTTP, configuration and
-//! key-value, go in beside them):
+//! limits and tests:
 //! - [`context`]: the contract's own imports: log, task info, should-stop,
 //!   progress;
+//! - [`http`]: outbound `wasi:http` under the signed grant and the
+//!   worker's policy;
+//! - [`config`]: `wasi:config/store`, the granted keys of the worker's
+//!   configuration;
+//! - [`kv`]: the module's key-value namespace;
 //! - [`wasi`]: the WASI context guest toolchains import, granting nothing
 //!   but metered randomness and captured output;
 //! - [`output`]: stdout / stderr, capped and kept for the log;
 //! - [`memory`]: the task's memory limit across all its memories.
 
+pub(crate) mod config;
 pub(crate) mod context;
+pub(crate) mod http;
+pub(crate) mod kv;
 pub(crate) mod memory;
 pub(crate) mod output;
 pub(crate) mod wasi;
@@ -22,16 +29,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use celeriac_protocol::Grants;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtx;
 
+use config::ConfigValues;
+use http::{HttpShared, TaskHttp};
+use kv::KeyValue;
 pub(crate) use memory::MemoryLimiter;
 use output::CappedPipe;
+
+/// What a task may reach beyond computing: its signed grants and the
+/// worker's means to serve them.
+#[derive(Clone)]
+pub(crate) struct Capabilities {
+    pub grants: Arc<Grants>,
+    pub http: Arc<HttpShared>,
+    pub config: Arc<ConfigValues>,
+    pub kv: Option<Arc<dyn KeyValue>>,
+}
 
 /// Everything one task's store holds.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: TaskHttp,
+    caps: Capabilities,
     pub limiter: MemoryLimiter,
     pub task: TaskContext,
     pub stdout: CappedPipe,
@@ -60,14 +83,28 @@ pub(crate) struct TaskContext {
 }
 
 impl HostState {
-    pub fn new(task: TaskContext, memory_limit: u64, output_cap: usize, log_cap: usize) -> Self {
+    pub fn new(
+        task: TaskContext,
+        caps: Capabilities,
+        memory_limit: u64,
+        output_cap: usize,
+        log_cap: usize,
+    ) -> Self {
         let host_work = Arc::new(AtomicU64::new(0));
         let stdout = CappedPipe::new(output_cap, host_work.clone());
         let stderr = CappedPipe::new(output_cap, host_work.clone());
         let wasi = wasi::context(&stdout, &stderr, &host_work);
+        let http = TaskHttp::new(
+            caps.http.clone(),
+            caps.grants.clone(),
+            &task.id,
+            task.hard_deadline,
+        );
         Self {
             wasi,
             table: ResourceTable::new(),
+            http,
+            caps,
             limiter: MemoryLimiter::new(memory_limit),
             task,
             stdout,
@@ -87,6 +124,11 @@ impl HostState {
 
     pub fn logs_truncated(&self) -> u64 {
         self.logs_truncated
+    }
+
+    /// Count `bytes` moved by a host call as host work.
+    pub fn charge(&self, bytes: usize) {
+        self.host_work.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Host work done since the last call, in bytes, and reset the count.
