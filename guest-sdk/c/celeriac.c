@@ -438,6 +438,100 @@ void celeriac_log(int level, const char *fmt, ...) {
 }
 
 bool celeriac_should_stop(void) { return celeriac_task_context_should_stop(); }
+
+/* ---- capabilities ---- */
+
+static task_string_t borrow(const char *s) { return (task_string_t){ (uint8_t *)s, strlen(s) }; }
+
+static celeriac_result kv_failure(celeriac_task_kv_error_t *e) {
+    task_string_t *m = &e->val.denied; /* every case carries a message */
+    celeriac_result r = e->tag == CELERIAC_TASK_KV_ERROR_UNAVAILABLE
+                            ? celeriac_retry("%.*s", (int)m->len, (const char *)m->ptr)
+                            : celeriac_fatal("%.*s", (int)m->len, (const char *)m->ptr);
+    celeriac_task_kv_error_free(e);
+    return r;
+}
+
+bool celeriac_config_get(const char *key, char **value, celeriac_result *failure) {
+    task_string_t k = borrow(key);
+    task_option_string_t ret;
+    wasi_config_store_error_t err;
+    *value = NULL;
+    if (!wasi_config_store_get(&k, &ret, &err)) {
+        task_string_t *m = &err.val.upstream;
+        *failure = celeriac_fatal("%.*s", (int)m->len, (const char *)m->ptr);
+        wasi_config_store_error_free(&err);
+        return false;
+    }
+    if (ret.is_some) {
+        *value = xrealloc(NULL, ret.val.len + 1);
+        memcpy(*value, ret.val.ptr, ret.val.len);
+        (*value)[ret.val.len] = 0;
+        task_option_string_free(&ret);
+    }
+    return true;
+}
+
+bool celeriac_kv_get(const char *key, char **value, size_t *len, celeriac_result *failure) {
+    task_string_t k = borrow(key);
+    task_option_list_u8_t ret;
+    celeriac_task_kv_error_t err;
+    *value = NULL;
+    if (len) *len = 0;
+    if (!celeriac_task_kv_get(&k, &ret, &err)) {
+        *failure = kv_failure(&err);
+        return false;
+    }
+    if (ret.is_some) {
+        *value = xrealloc(NULL, ret.val.len + 1);
+        memcpy(*value, ret.val.ptr, ret.val.len);
+        (*value)[ret.val.len] = 0;
+        if (len) *len = ret.val.len;
+        task_option_list_u8_free(&ret);
+    }
+    return true;
+}
+
+static bool kv_store(const char *key, const void *value, size_t len, uint64_t ttl_ms, bool only_if_absent,
+                     bool *stored, celeriac_result *failure) {
+    task_string_t k = borrow(key);
+    task_list_u8_t v = { (uint8_t *)value, len };
+    uint64_t ttl = ttl_ms;
+    celeriac_task_kv_error_t err;
+    bool ok = only_if_absent ? celeriac_task_kv_set_if_absent(&k, &v, ttl_ms ? &ttl : NULL, stored, &err)
+                             : celeriac_task_kv_set(&k, &v, ttl_ms ? &ttl : NULL, &err);
+    if (!ok) *failure = kv_failure(&err);
+    return ok;
+}
+
+bool celeriac_kv_set(const char *key, const void *value, size_t len, uint64_t ttl_ms, celeriac_result *failure) {
+    return kv_store(key, value, len, ttl_ms, false, NULL, failure);
+}
+
+bool celeriac_kv_set_if_absent(const char *key, const void *value, size_t len, uint64_t ttl_ms, bool *stored,
+                               celeriac_result *failure) {
+    return kv_store(key, value, len, ttl_ms, true, stored, failure);
+}
+
+bool celeriac_kv_delete(const char *key, bool *existed, celeriac_result *failure) {
+    task_string_t k = borrow(key);
+    celeriac_task_kv_error_t err;
+    if (!celeriac_task_kv_delete(&k, existed, &err)) {
+        *failure = kv_failure(&err);
+        return false;
+    }
+    return true;
+}
+
+bool celeriac_kv_increment(const char *key, int64_t delta, int64_t *value, celeriac_result *failure) {
+    task_string_t k = borrow(key);
+    celeriac_task_kv_error_t err;
+    if (!celeriac_task_kv_increment(&k, delta, value, &err)) {
+        *failure = kv_failure(&err);
+        return false;
+    }
+    return true;
+}
 void celeriac_progress(uint64_t done, uint64_t total) { celeriac_task_context_progress(done, total); }
 
 static char *cstr(task_string_t *s) {

@@ -95,6 +95,27 @@ celeriac_result celeriac_invalid(const char *fmt, ...) __attribute__((format(pri
  * objects with celeriac_ok_jsonf and friends). Returns the new buffer. */
 char *celeriac_json_quote(const char *s, size_t len);
 
+/* ---- capabilities: what the component's signed manifest grants ----
+ *
+ * Each call returns true on success. On failure it returns false and sets
+ * *failure to the result the task should return (fatal for a key or
+ * capability not granted, retry when the store is unreachable). */
+
+/* The worker's configuration value for `key` (celeriac sign --config KEY):
+ * *value gets a malloc'd NUL-terminated copy (free it), or NULL if the
+ * worker has none. */
+bool celeriac_config_get(const char *key, char **value, celeriac_result *failure);
+
+/* The module's key-value state (celeriac sign --kv). Values are bytes;
+ * ttl_ms 0 means no expiry. */
+bool celeriac_kv_get(const char *key, char **value, size_t *len, celeriac_result *failure);
+bool celeriac_kv_set(const char *key, const void *value, size_t len, uint64_t ttl_ms,
+                     celeriac_result *failure);
+bool celeriac_kv_set_if_absent(const char *key, const void *value, size_t len, uint64_t ttl_ms,
+                               bool *stored, celeriac_result *failure);
+bool celeriac_kv_delete(const char *key, bool *existed, celeriac_result *failure);
+bool celeriac_kv_increment(const char *key, int64_t delta, int64_t *value, celeriac_result *failure);
+
 /* ---- the host ---- */
 
 enum { CELERIAC_TRACE, CELERIAC_DEBUG, CELERIAC_INFO, CELERIAC_WARN, CELERIAC_ERROR };

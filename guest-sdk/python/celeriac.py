@@ -18,6 +18,7 @@ Outside a component (plain CPython) host calls fall back to stderr/defaults.
 """
 import inspect, json, sys, traceback, types, typing
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 try:  # the bindings exist only inside componentize-py
     import wit_world
@@ -258,7 +259,6 @@ def _code(e) -> str:
 def http_request(method: str, url: str, headers=None, body=None) -> HttpResponse:
     """Send one request through the host (wasi:http) and read the whole
     response. Raises HttpError when the host or the network gives none."""
-    from urllib.parse import urlsplit
     u = urlsplit(url)
     if u.scheme not in ("http", "https") or not u.netloc:
         raise HttpError(f"not an http(s) URL: {url!r}")

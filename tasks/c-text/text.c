@@ -227,7 +227,27 @@ static celeriac_result median(celeriac_call *c) {
     return celeriac_ok_num(m);
 }
 
+/* ---- capabilities (granted in the signed manifest) ---- */
+
+static celeriac_result config_has(celeriac_call *c) {
+    char *value;
+    celeriac_result failure;
+    if (!celeriac_config_get(celeriac_arg_str(c, "key", NULL), &value, &failure)) return failure;
+    bool has = value != NULL;
+    free(value);
+    return celeriac_ok_bool(has);
+}
+
+static celeriac_result counter(celeriac_call *c) {
+    int64_t n;
+    celeriac_result failure;
+    if (!celeriac_kv_increment(celeriac_arg_str(c, "key", NULL), 1, &n, &failure)) return failure;
+    return celeriac_ok_int(n);
+}
+
 CELERIAC_TASKS(
+    CELERIAC_TASK(config_has, "key"),
+    CELERIAC_TASK(counter, "key"),
     CELERIAC_TASK(sha256, "text"),
     CELERIAC_TASK(word_count, "text"),
     CELERIAC_TASK(upper, "text"),

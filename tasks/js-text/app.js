@@ -1,6 +1,6 @@
 // js-text: the `text` module (same tasks and answers as tasks/text in Rust),
 // plus a few tasks that lean on the JS ecosystem.
-import { task, log, progress, shouldStop, taskInfo, Retry, Fatal, InvalidInput } from 'celeriac';
+import { task, log, progress, shouldStop, taskInfo, Retry, Fatal, InvalidInput, configGet, kv } from 'celeriac';
 import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js';
 import { bytesToHex } from '@noble/hashes/utils.js';
 import { format, isValid, parseISO } from 'date-fns';
@@ -147,3 +147,21 @@ task('ascii', ['text: string'], (text) => {
   }
   return text;
 });
+
+// ---------------------------------------------------------------- capabilities
+// Granted in the signed manifest. fetch() is the standard one (wasi:http).
+
+task('get', ['url: string'], async (url) => {
+  let r;
+  try {
+    r = await fetch(url);
+  } catch (e) {
+    throw new Retry(`GET ${url}: ${e.message ?? e}`);
+  }
+  const body = await r.text();
+  return { status: r.status, body: body.slice(0, 1024) };
+});
+
+task('config_has', ['key: string'], (key) => configGet(key) !== undefined);
+
+task('counter', ['key: string'], (key) => kv.increment(key));

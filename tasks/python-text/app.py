@@ -6,7 +6,10 @@ import hashlib
 import re
 from collections import Counter
 
-from celeriac import Fatal, InvalidInput, Retry, log, progress, should_stop, task, task_info
+from celeriac import (
+    Fatal, HttpError, InvalidInput, Retry, config_get, http_get, kv, log, progress, should_stop,
+    task, task_info,
+)
 
 import cpu
 
@@ -117,3 +120,27 @@ def fib(n: int) -> int:
     if not 0 <= n <= 35:
         raise InvalidInput(f"n must be between 0 and 35, got {n}")
     return cpu.fib(n)
+
+
+# --- capabilities (granted in the signed manifest) -------------------------
+
+@task
+def get(url: str) -> dict:
+    """GET `url` through the host (wasi:http): status and the body's head."""
+    try:
+        r = http_get(url)
+    except HttpError as e:
+        raise Retry(f"GET {url}: {e}")
+    return {"status": r.status, "body": r.text()[:1024]}
+
+
+@task
+def config_has(key: str) -> bool:
+    """Whether the worker has a configuration value for `key`."""
+    return config_get(key) is not None
+
+
+@task
+def counter(key: str) -> int:
+    """Add one to the module's counter `key`."""
+    return kv.increment(key)

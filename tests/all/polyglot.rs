@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Task directories under tasks/, one per language.
-const LANGUAGES: &[(&str, &str)] = &[
+pub(crate) const LANGUAGES: &[(&str, &str)] = &[
     ("rust", "text"),
     ("c", "c-text"),
     ("python", "python-text"),
@@ -23,7 +23,7 @@ const LANGUAGES: &[(&str, &str)] = &[
 ];
 
 /// Build a language's text component with the real CLI, once per process.
-fn component(dir: &str) -> PathBuf {
+pub(crate) fn component(dir: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap_or_else(|p| p.into_inner());

@@ -83,4 +83,19 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-celeriac_sdk::export_tasks!(sha256, word_count, upper, reverse, stats, eventually, ascii);
+/// Whether the worker has a configuration value for `key` (granted keys
+/// only).
+#[task]
+fn config_has(key: String) -> Result<bool> {
+    Ok(celeriac_sdk::config::get(&key)?.is_some())
+}
+
+/// Add one to the module's counter `key`.
+#[task]
+fn counter(key: String) -> Result<i64> {
+    celeriac_sdk::kv::increment(&key, 1)
+}
+
+celeriac_sdk::export_tasks!(
+    sha256, word_count, upper, reverse, stats, eventually, ascii, config_has, counter
+);
