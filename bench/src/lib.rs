@@ -1,8 +1,20 @@
-//! Shared helpers for the benchmarks: example components and statistics.
+//! Shared helpers for the benchmarks: example components, statistics, and
+//! a local HTTP server that answers after a delay.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 
 use celeriac_broker::Broker;
 use redis::Commands as _;
@@ -102,5 +114,105 @@ pub fn delete_prefix(url: &str, prefix: &str) {
     };
     for chunk in keys.chunks(1000) {
         let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+    }
+}
+
+/// HTTP/1.1 with keep-alive on 127.0.0.1: every request waits `delay`,
+/// then answers 200 `ok`. It runs on a runtime of its own (one thread), so
+/// a benchmark's own runtime may block (compare.rs while driver.py runs
+/// Celery) without stalling it. Counts requests and connections.
+pub struct DelayServer {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+}
+
+impl DelayServer {
+    pub fn start(delay: Duration) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("io-server")
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _in_rt = rt.enter();
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            // Hundreds of clients may connect at once.
+            socket.listen(4096)?
+        };
+        let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let count = served.clone();
+        let accepted = connections.clone();
+        rt.spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors, say: let connections close.
+                        eprintln!("io server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                accepted.fetch_add(1, Ordering::Relaxed);
+                let _ = stream.set_nodelay(true);
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let answer = service_fn(move |_: Request<Incoming>| {
+                        let count = count.clone();
+                        async move {
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("text/plain"),
+                            );
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    // A client closing its connection mid-way is no error here.
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), answer)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            rt: Some(rt),
+            addr,
+            served,
+            connections,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DelayServer {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which an async context forbids.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }

@@ -419,7 +419,9 @@ fn inspect_unsigned_component() {
             "reverse",
             "stats",
             "eventually",
-            "ascii"
+            "ascii",
+            "config_has",
+            "counter"
         ])
     );
     assert_eq!(doc["signature"], serde_json::Value::Null);

@@ -16,20 +16,19 @@
 //! one HTTP GET to a server in this process that answers after 50 ms, and
 //! each system runs as it would be deployed for I/O-bound work: Celery
 //! prefork `-c 2` and gevent `-c 100` (one row each), Celeriac
-//! `--concurrency 200` (the `web` component, granted `http://127.0.0.1:*`).
+//! `--concurrency 100`, as many as the gevent pool (the `web` component, granted `http://127.0.0.1:*`).
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
-use bytes::Bytes;
-use celeriac_bench::{Stats, build_examples, build_wasm, delete_prefix, fmt, wait_drained};
+use celeriac_bench::{
+    DelayServer, Stats, build_examples, build_wasm, delete_prefix, fmt, wait_drained,
+};
 use celeriac_broker::registry::UploadOptions;
 use celeriac_broker::{self as broker, Broker};
 use celeriac_client::{self as client, SubmitOptions, TaskRequest};
@@ -39,11 +38,6 @@ use celeriac_signing::{
     Grants, KeyPair, PublicKey, TrustStore, generate_keypair, sign_component_with,
 };
 use clap::{Parser, ValueEnum};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -92,7 +86,7 @@ const SLOTS: &str = "2";
 /// Celeriac's concurrency.
 const IO_DELAY: Duration = Duration::from_millis(50);
 const GEVENT_SLOTS: &str = "100";
-const IO_SLOTS: &str = "200";
+const IO_SLOTS: &str = "100";
 
 /// How the Celery worker runs its tasks.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -259,7 +253,11 @@ fn main() -> anyhow::Result<()> {
         celery_prefix: format!("{run_id}:celery:"),
         celeriac_prefix: format!("{run_id}:celeriac:"),
         scratch: tempfile::tempdir()?,
-        server: if io { Some(IoServer::start()?) } else { None },
+        server: if io {
+            Some(DelayServer::start(IO_DELAY)?)
+        } else {
+            None
+        },
     };
     // One producer doing one thing at a time, as driver.py is for Celery.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -287,11 +285,11 @@ struct Env {
     /// Keys, trust directory, compiled-code cache, worker logs.
     scratch: tempfile::TempDir,
     /// The `io` workload's HTTP server, when that workload runs.
-    server: Option<IoServer>,
+    server: Option<DelayServer>,
 }
 
 impl Env {
-    fn server(&self) -> anyhow::Result<&IoServer> {
+    fn server(&self) -> anyhow::Result<&DelayServer> {
         self.server.as_ref().context("the io server is not running")
     }
 }
@@ -548,7 +546,7 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
         Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
     };
-    let served = env.server.as_ref().map(IoServer::served);
+    let served = env.server.as_ref().map(DelayServer::served);
     let out = driver(env, &args)?;
     let mem = watch.stop();
     drop(worker);
@@ -626,7 +624,7 @@ async fn celeriac_run(
     let opts = SubmitOptions::default();
 
     let watch = MemWatch::start(worker.0.id());
-    let served = env.server.as_ref().map(IoServer::served);
+    let served = env.server.as_ref().map(DelayServer::served);
     let mut samples = Vec::new();
     let elapsed = match w {
         Workload::Noop => {
@@ -884,93 +882,6 @@ async fn redis_info(url: &str, field: &str) -> anyhow::Result<String> {
 
 // ---------------------------------------------------------------------
 // The io workload's HTTP server.
-
-/// HTTP/1.1 with keep-alive on 127.0.0.1: every request waits 50 ms, then
-/// answers 200 `ok`. It runs on a runtime of its own (one thread) because
-/// this process's measuring runtime blocks while driver.py runs Celery.
-struct IoServer {
-    rt: Option<tokio::runtime::Runtime>,
-    addr: SocketAddr,
-    served: Arc<AtomicU64>,
-}
-
-impl IoServer {
-    fn start() -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("io-server")
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _in_rt = rt.enter();
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            // Hundreds of clients may connect at once.
-            socket.listen(4096)?
-        };
-        let addr = listener.local_addr()?;
-        let served = Arc::new(AtomicU64::new(0));
-        let count = served.clone();
-        rt.spawn(async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of descriptors, say: let connections close.
-                        eprintln!("io server: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let count = count.clone();
-                tokio::spawn(async move {
-                    let answer = service_fn(move |_: Request<Incoming>| {
-                        let count = count.clone();
-                        async move {
-                            tokio::time::sleep(IO_DELAY).await;
-                            count.fetch_add(1, Ordering::Relaxed);
-                            let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-                            response.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static("text/plain"),
-                            );
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    // A client closing its connection mid-way is no error here.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), answer)
-                        .await;
-                });
-            }
-        });
-        Ok(Self {
-            rt: Some(rt),
-            addr,
-            served,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/", self.addr)
-    }
-
-    /// Requests answered so far.
-    fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for IoServer {
-    fn drop(&mut self) {
-        // Dropping a runtime may block, which an async context forbids.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
-}
 
 /// Every task of a run made its request: the server answered at least `n`
 /// since `before` (more only if a task was redelivered).

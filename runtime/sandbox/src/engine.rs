@@ -34,8 +34,9 @@ pub(crate) fn build_engine(slots: u32, fuel: bool) -> wasmtime::Result<Engine> {
         // madvise + TLB shootdown + page faults on the next task. 512 KiB
         // covers the shadow stack (256 KiB, see .cargo/config.toml) and the
         // data of a small Rust task: bench/ measured 33 µs -> 11 µs per
-        // warm task.
-        .linear_memory_keep_resident(512 << 10)
+        // warm task. Kept per slot, so it shrinks for workers with hundreds
+        // of (mostly waiting, I/O-bound) slots: see keep_resident.
+        .linear_memory_keep_resident(keep_resident(slots))
         .table_keep_resident(64 << 10);
 
     let mut config = Config::new();
@@ -45,6 +46,17 @@ pub(crate) fn build_engine(slots: u32, fuel: bool) -> wasmtime::Result<Engine> {
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&config)
+}
+
+/// Memory all pool slots together keep resident between tasks.
+const KEEP_RESIDENT_BUDGET: usize = 16 << 20;
+
+/// Bytes of linear memory one slot keeps resident between tasks: 512 KiB
+/// up to 32 slots, then a share of [`KEEP_RESIDENT_BUDGET`] (at least
+/// 64 KiB), page-aligned. A worker with `--concurrency 300` of I/O tasks
+/// would otherwise hold 150 MiB of memory its tasks no longer use.
+fn keep_resident(slots: u32) -> usize {
+    (KEEP_RESIDENT_BUDGET / slots.max(1) as usize).clamp(64 << 10, 512 << 10) & !0xfff
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -76,5 +88,20 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_slots_keep_512_kib_many_share_a_budget() {
+        assert_eq!(keep_resident(1), 512 << 10);
+        assert_eq!(keep_resident(32), 512 << 10);
+        assert_eq!(keep_resident(100), 160 << 10);
+        assert_eq!(keep_resident(300), 64 << 10);
+        assert_eq!(keep_resident(10_000), 64 << 10);
+        assert_eq!(keep_resident(0), 512 << 10);
     }
 }
