@@ -71,15 +71,16 @@ fn get(url: String, follow: Option<bool>) -> Result<Value> {
     let mut hops = 0;
     loop {
         let resp = send("GET", &url, &[], None)?;
-        if follow.unwrap_or(false) && (300..400).contains(&resp.status) {
-            if let Some(next) = resp.location {
-                hops += 1;
-                if hops > MAX_REDIRECTS {
-                    return Err(Error::fatal(format!("more than {MAX_REDIRECTS} redirects")));
-                }
-                url = next;
-                continue;
+        if follow.unwrap_or(false)
+            && (300..400).contains(&resp.status)
+            && let Some(next) = resp.location
+        {
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(Error::fatal(format!("more than {MAX_REDIRECTS} redirects")));
             }
+            url = next;
+            continue;
         }
         let text = String::from_utf8_lossy(&resp.body);
         let head: String = text.chars().take(1024).collect();
