@@ -103,6 +103,13 @@ impl kv::Host for HostState {
         self.charge(key.len());
         let value = store.get(&module, &key).await.map_err(to_wit)?;
         self.charge(value.as_ref().map_or(0, Vec::len));
+        // Whoever can write to Redis can put anything there: hand the
+        // guest no more than it could have stored itself.
+        if value.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
+            return Err(kv::Error::Invalid(format!(
+                "the value at this key is over {MAX_VALUE_BYTES} bytes (not written through key-value)"
+            )));
+        }
         Ok(value)
     }
 

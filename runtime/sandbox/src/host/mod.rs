@@ -99,6 +99,7 @@ impl HostState {
             caps.grants.clone(),
             &task.id,
             task.hard_deadline,
+            host_work.clone(),
         );
         Self {
             wasi,

@@ -2,8 +2,11 @@
 //! cap, and a response body is cut at its cap and at the request's
 //! deadline (which is never past the task's hard time limit), each with
 //! its own wasi:http error code for the guest and a log line naming it.
+//! Every byte either way counts as host work, charged to the task's fuel.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -24,16 +27,18 @@ pub(crate) struct OutgoingBody {
     limit: u64,
     ended: bool,
     deadline: Instant,
+    host_work: Arc<AtomicU64>,
 }
 
 impl OutgoingBody {
-    pub fn new(inner: WasiBody, limit: u64, deadline: Instant) -> Self {
+    pub fn new(inner: WasiBody, limit: u64, deadline: Instant, host_work: Arc<AtomicU64>) -> Self {
         Self {
             inner: Some(inner),
             sent: 0,
             limit,
             ended: false,
             deadline,
+            host_work,
         }
     }
 }
@@ -87,7 +92,9 @@ impl Body for OutgoingBody {
         match &frame {
             None => this.ended = true,
             Some(Ok(f)) => {
-                this.sent += f.data_ref().map_or(0, |d| d.len() as u64);
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                this.host_work.fetch_add(n, Ordering::Relaxed);
+                this.sent += n;
                 if this.sent > this.limit {
                     this.ended = true;
                     return Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(this.limit)))));
@@ -116,7 +123,8 @@ pub(crate) struct IncomingBody {
     received: u64,
     limit: u64,
     deadline: Pin<Box<Sleep>>,
-    /// Task and URL for the log line when a bound cuts the body.
+    host_work: Arc<AtomicU64>,
+    /// Task id and URL for the log line when a bound cuts the body.
     task_id: String,
     url: String,
 }
@@ -126,14 +134,15 @@ impl IncomingBody {
         inner: Incoming,
         limit: u64,
         deadline: Instant,
-        task_id: String,
-        url: String,
+        host_work: Arc<AtomicU64>,
+        (task_id, url): (String, String),
     ) -> Self {
         Self {
             inner,
             received: 0,
             limit,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            host_work,
             task_id,
             url,
         }
@@ -151,7 +160,9 @@ impl Body for IncomingBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.received += frame.data_ref().map_or(0, |d| d.len() as u64);
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                this.host_work.fetch_add(n, Ordering::Relaxed);
+                this.received += n;
                 if this.received > this.limit {
                     tracing::warn!(task_id = %this.task_id, url = %this.url, limit = this.limit,
                         "HTTP response body over the worker's cap (--http-max-response-size): cut");

@@ -12,6 +12,7 @@ mod body;
 mod client;
 pub mod policy;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -69,6 +70,8 @@ struct Hooks {
     task_id: String,
     in_flight: Arc<Semaphore>,
     hard_deadline: Instant,
+    /// Body bytes sent and received count as host work (charged as fuel).
+    host_work: Arc<AtomicU64>,
 }
 
 impl TaskHttp {
@@ -77,6 +80,7 @@ impl TaskHttp {
         grants: Arc<Grants>,
         task_id: &str,
         hard_deadline: Instant,
+        host_work: Arc<AtomicU64>,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(shared.policy.max_in_flight.max(1)));
         Self {
@@ -87,6 +91,7 @@ impl TaskHttp {
                 task_id: task_id.to_string(),
                 in_flight,
                 hard_deadline,
+                host_work,
             },
         }
     }
@@ -203,13 +208,15 @@ impl Hooks {
         let max_request = policy.max_request_bytes;
         let max_response = policy.max_response_bytes;
         let url = clip_url(request.uri());
+        let work = self.host_work.clone();
         async move {
             let _permit = permit;
             let client = shared.client().map_err(|e| {
                 tracing::error!(task_id = %task_id, error = %e, "HTTP client could not be set up");
                 Error::InternalError(Some(format!("host HTTP client unavailable: {e}")))
             })?;
-            let request = request.map(|b| OutgoingBody::new(b, max_request, deadline));
+            let request =
+                request.map(|b| OutgoingBody::new(b, max_request, deadline, work.clone()));
             let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
                 Err(_) => {
                     tracing::warn!(task_id = %task_id, url, "HTTP request timed out waiting for the response (--http-timeout or the task's time limit)");
@@ -228,8 +235,14 @@ impl Hooks {
                 return Err(Error::HttpResponseBodySize(declared));
             }
             let response = response.map(|b| {
-                IncomingBody::new(b, max_response, deadline, task_id.clone(), url.clone())
-                    .boxed_unsync()
+                IncomingBody::new(
+                    b,
+                    max_response,
+                    deadline,
+                    work.clone(),
+                    (task_id.clone(), url.clone()),
+                )
+                .boxed_unsync()
             });
             let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
                 Box::new(std::future::ready(Ok(())));
