@@ -650,3 +650,54 @@ async fn every_sdk_reaches_what_its_grant_allows_and_nothing_else() {
         );
     }
 }
+
+/// HTTPS is the host's: rustls with the host's root certificates. A worker
+/// that trusts the test CA (through `SSL_CERT_FILE`, which the host's
+/// certificate loader honours) gets the answer; one that does not refuses
+/// the server's certificate, and says so in its log.
+#[tokio::test]
+async fn https_goes_through_the_hosts_tls_and_its_roots() {
+    let ca = crate::support::TestCa::new();
+    let server = TestServer::start_tls(SECRET, &ca).await;
+    let f = Fixture::new(&[]).await;
+    upload_web(&f, "web", &grants(&["https://127.0.0.1:*"], &[], false)).await;
+    let policy = ["--allow-private", "127.0.0.1"];
+    let mut trusting = f.cli();
+    trusting.env("SSL_CERT_FILE", ca.ca());
+    let trusting = WorkerProcess::start(
+        trusting,
+        &f.publisher.trust_dir(),
+        "w-tls",
+        f.cache_dir(),
+        &[&["--queues", "tls"][..], &policy].concat(),
+    );
+    trusting.ready(f.broker.as_ref()).await;
+    let r = run(&f, "tls", "web.get", json!([server.url("/hello")])).await;
+    assert_eq!(
+        r.state,
+        TaskState::Success,
+        "{r:?}\n{}",
+        logged_for(&trusting, &r.id)
+    );
+    assert_eq!(r.result.unwrap()["body"], "hello from the test server");
+
+    // The same request from a worker whose roots do not hold the test CA.
+    let mut stranger = f.cli();
+    stranger.env("SSL_CERT_FILE", "/nonexistent/ca.pem");
+    let stranger = WorkerProcess::start(
+        stranger,
+        &f.publisher.trust_dir(),
+        "w-notls",
+        f.cache_dir(),
+        &[&["--queues", "notls"][..], &policy].concat(),
+    );
+    stranger.ready(f.broker.as_ref()).await;
+    let r = run(&f, "notls", "web.get", json!([server.url("/hello")])).await;
+    assert_eq!(r.state, TaskState::Failure, "{r:?}");
+    let log = logged_for(&stranger, &r.id);
+    assert!(
+        log.contains("HTTP request failed") && log.contains("certificate"),
+        "{}",
+        stranger.log()
+    );
+}

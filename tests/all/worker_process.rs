@@ -402,70 +402,8 @@ async fn password_urls_authenticate_and_stay_secret() {
 /// (trusted through CELERIAC_REDIS_CA), the full flow across processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_redis_with_a_private_ca() {
-    let certs = tempfile::tempdir().unwrap();
-    let d = certs.path();
-    let openssl = |args: &[&str]| {
-        let ok = Command::new("openssl")
-            .current_dir(d)
-            .args(args)
-            .output()
-            .expect("openssl must be installed");
-        assert!(
-            ok.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=celeriac test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    std::fs::write(
-        d.join("san.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-
+    let certs = crate::support::TestCa::new();
+    let d = certs.dir();
     let port = free_port();
     let path = |f: &str| d.join(f).to_string_lossy().into_owned();
     let server = PrivateRedis::on_tls(

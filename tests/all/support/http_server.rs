@@ -1,6 +1,7 @@
-//! [`TestServer`]: a local HTTP server the capability tests point tasks
-//! at (no outside network), counting the connections it accepts and the
-//! requests it serves. Routes:
+//! [`TestServer`]: a local HTTP (or HTTPS, with a [`TestCa`]'s
+//! certificate) server the capability tests point tasks at (no outside
+//! network), counting the connections it accepts and the requests it
+//! serves. Routes:
 //!
 //! - `/hello`: 200 `hello from the test server`
 //! - `/slow?ms=N`: 200 after N ms
@@ -24,6 +25,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
+use super::certs::TestCa;
+
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 #[derive(Default)]
@@ -38,17 +41,47 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub counters: Arc<Counters>,
     task: tokio::task::JoinHandle<()>,
+    scheme: &'static str,
 }
 
 impl TestServer {
-    /// Serve on 127.0.0.1 (a free port); `/auth` expects `token`.
+    /// Serve HTTP on 127.0.0.1 (a free port); `/auth` expects `token`.
     pub async fn start(token: &str) -> Self {
+        Self::serve(token, None).await
+    }
+
+    /// Serve HTTPS with `ca`'s server certificate.
+    pub async fn start_tls(token: &str, ca: &TestCa) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(ca.cert())
+            .expect("read the server certificate")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse the server certificate");
+        let key = PrivateKeyDer::from_pem_file(ca.key()).expect("read the server key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a TLS server configuration");
+        Self::serve(
+            token,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn serve(token: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the test HTTP server");
         let addr = listener.local_addr().expect("its address");
         let counters = Arc::new(Counters::default());
         let state = (counters.clone(), Arc::<str>::from(token));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -56,14 +89,23 @@ impl TestServer {
                 };
                 state.0.connections.fetch_add(1, Ordering::Relaxed);
                 let state = state.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(route(req, &state.0, &state.1).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        // A client that refuses our certificate ends here.
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                    };
                 });
             }
         });
@@ -71,12 +113,13 @@ impl TestServer {
             addr,
             counters,
             task,
+            scheme,
         }
     }
 
-    /// `http://127.0.0.1:PORT` + `path`.
+    /// `http(s)://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn port(&self) -> u16 {

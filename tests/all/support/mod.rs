@@ -2,10 +2,11 @@
 //! prefixes (`keys`), the example components and their publisher
 //! (`components`), the per-test [`Fixture`], the `celeriac` binary
 //! (`command`), in-process workers (`worker`), tasks and their records
-//! (`tasks`), private servers (`servers`), a local HTTP server for tasks
-//! to call (`http_server`) and waiting for a state (`wait`). Everything is
+//! (`tasks`), private servers (`servers`), a local HTTP(S) server for
+//! tasks to call (`http_server`), a private CA for TLS (`certs`) and waiting for a state (`wait`). Everything is
 //! re-exported here.
 
+pub mod certs;
 pub mod command;
 pub mod components;
 pub mod fixture;
@@ -16,6 +17,7 @@ pub mod tasks;
 pub mod wait;
 pub mod worker;
 
+pub use certs::TestCa;
 pub use command::{Outcome, TestCommand, WorkerProcess};
 pub use components::{
     Publisher, component, read_component, upload_options, worker_check, workspace_root,
