@@ -3,7 +3,7 @@
 //! SIGTERM with work in flight, a Redis restart, and the no-Redis demo.
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::support::{
