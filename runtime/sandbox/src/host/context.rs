@@ -3,7 +3,6 @@
 //! a per-task budget, every byte charged as host work), task info, the
 //! soft time limit's should-stop, and progress.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::HostState;
@@ -18,8 +17,7 @@ impl types::Host for HostState {}
 impl context::Host for HostState {
     fn log(&mut self, level: context::Level, message: String) {
         // The whole line crossed into the host, kept or not: charge it.
-        self.host_work
-            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        self.charge(message.len());
         let (message, truncated) = cap_log_line(message);
         if message.len() > self.log_budget {
             self.logs_dropped += 1;

@@ -165,11 +165,7 @@ impl Hooks {
             check_address(bare, ip, &policy.allow_private)
                 .map_err(|r| refuse(r, Error::DestinationIpProhibited))?;
         }
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > policy.max_request_bytes) {
+        if declared_length(request.headers()).is_some_and(|n| n > policy.max_request_bytes) {
             tracing::warn!(task_id = %self.task_id, url, limit = policy.max_request_bytes,
                 "HTTP request refused: body over the worker's cap (--http-max-request-size)");
             return Err(Error::HttpRequestBodySize(Some(policy.max_request_bytes)));
@@ -225,10 +221,7 @@ impl Hooks {
                 Ok(Err(e)) => return Err(sent_error(&e, &task_id, &url)),
                 Ok(Ok(r)) => r,
             };
-            let declared = response
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let declared = declared_length(response.headers());
             if declared.is_some_and(|n| n > max_response) {
                 tracing::warn!(task_id = %task_id, url, limit = max_response, declared,
                     "HTTP response refused: body over the worker's cap (--http-max-response-size)");
@@ -251,15 +244,21 @@ impl Hooks {
     }
 }
 
+/// The body length a request or response declares, if it declares one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// The wasi:http code for a failed send, with the cause in the log.
 fn sent_error(e: &hyper_util::client::legacy::Error, task_id: &str, url: &str) -> Error {
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
-        if let Some(AddressRefused(refusal)) = s.downcast_ref::<AddressRefused>() {
-            tracing::warn!(task_id, url, "HTTP request refused: {refusal}");
-            return Error::DestinationIpProhibited;
-        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             // The resolver's refusal travels inside an io::Error, whose
             // source() skips it.
