@@ -183,6 +183,7 @@ fn completion(d: &Delivery, disposition: Disposition, result: Option<ResultWrite
         result,
         disposition,
         lease_fresh: false,
+        effects: Default::default(),
     }
 }
 

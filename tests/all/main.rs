@@ -16,3 +16,4 @@ mod queue;
 mod registry;
 mod sandbox;
 mod worker_process;
+mod workflows;

@@ -23,6 +23,7 @@ pub use self::redis::RedisBroker;
 
 use celeriac_protocol::Digest;
 use celeriac_protocol::text::prefix;
+pub use celeriac_protocol::workflow::NewGroup;
 
 /// Default broker URL when neither `--broker` nor `CELERIAC_BROKER` is set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -260,6 +261,82 @@ pub struct ResultWrite {
     pub ttl: Duration,
 }
 
+/// A group member's outcome, reported once its chain is done.
+#[derive(Debug, Clone)]
+pub struct GroupReport {
+    pub group: String,
+    pub index: u32,
+    /// The member's result (JSON), or why it failed (a
+    /// `workflow::Failed` as JSON).
+    pub outcome: Result<String, String>,
+}
+
+/// A message a completion launches (the next step of a chain, a link, a
+/// group's members).
+#[derive(Debug, Clone)]
+pub struct Launched {
+    pub task_id: String,
+    pub message: Outgoing,
+}
+
+/// What a completion sets off besides its own result, in the same atomic
+/// step as its ack: a worker that dies before leaves none of it done, and
+/// since a message is acked once, it is done once. A task run twice (its
+/// lease taken over while it still ran) launches its next steps from the
+/// one completion that acks it; reports to a group count each member once
+/// whatever happens.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// More records to store and announce (a group's result, the records
+    /// of the steps a failure stops).
+    pub records: Vec<ResultWrite>,
+    /// Groups to create, before their members can report; a group that
+    /// exists already is left as it is.
+    pub groups: Vec<NewGroup>,
+    pub launch: Vec<Launched>,
+    /// Report to a group; the report that completes it (or its first
+    /// failure) sends the group's join message, once.
+    pub report: Option<GroupReport>,
+    /// Release a unique-submission lock `(key, task id)`, if that task
+    /// still holds it.
+    pub release: Option<(String, String)>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+            && self.groups.is_empty()
+            && self.launch.is_empty()
+            && self.report.is_none()
+            && self.release.is_none()
+    }
+
+    fn weight(&self) -> usize {
+        self.records
+            .iter()
+            .map(|r| r.json.len() + 64)
+            .sum::<usize>()
+            + self.groups.iter().map(|g| g.join.len() + 64).sum::<usize>()
+            + self
+                .launch
+                .iter()
+                .map(|l| l.message.payload.len() + 64)
+                .sum::<usize>()
+            + self.report.as_ref().map_or(0, |r| match &r.outcome {
+                Ok(j) | Err(j) => j.len() + 64,
+            })
+    }
+}
+
+/// What a group holds: its size, each member's result by index (as JSON)
+/// once reported, and the first failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    pub size: u32,
+    pub results: Vec<Option<String>>,
+    pub failed: Option<String>,
+}
+
 /// The end of one delivery: an optional result written first, then the
 /// message disposed of. Both take effect together, and only while the
 /// consumer still holds the message.
@@ -274,6 +351,8 @@ pub struct Completion {
     /// The caller confirmed its lease so recently that no other consumer
     /// can have taken the message over: the broker may skip checking.
     pub lease_fresh: bool,
+    /// Applied with the ack, so only when [`Completed::Done`].
+    pub effects: Effects,
 }
 
 impl Completion {
@@ -288,7 +367,7 @@ impl Completion {
             }
             Disposition::Requeue => self.payload.len(),
         };
-        result + stored + 128
+        result + stored + self.effects.weight() + 128
     }
 }
 
@@ -434,6 +513,24 @@ pub trait Broker: Send + Sync + 'static {
     /// Wait (push-based) until the record is final or `timeout` passes;
     /// returns the latest record seen.
     async fn wait_result(&self, task_id: &str, timeout: Duration) -> BrokerResult<Option<String>>;
+
+    // --- workflows ---
+    /// Apply effects outside a completion (a producer launching a
+    /// workflow), atomically.
+    async fn apply(&self, effects: &Effects) -> BrokerResult<()>;
+    /// A group's state; `None` if it does not exist (or expired).
+    async fn group(&self, id: &str) -> BrokerResult<Option<GroupState>>;
+    /// Store a workflow's description under its root id.
+    async fn put_workflow(&self, root_id: &str, json: &str, ttl: Duration) -> BrokerResult<()>;
+    async fn get_workflow(&self, root_id: &str) -> BrokerResult<Option<String>>;
+    /// Take the unique-submission lock `key` for `task_id` for `ttl`;
+    /// `Some(holder)` when another task holds it.
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> BrokerResult<Option<String>>;
 
     // --- key-value state of task modules (each module its own namespace) ---
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>>;

@@ -10,8 +10,8 @@ use tokio::sync::Notify;
 
 use super::{
     Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
-    Disposition, FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats,
-    ResultWrite, StoredComponent, WorkerInfo, signature_slot,
+    Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
+    QueueStats, ResultWrite, StoredComponent, WorkerInfo, signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::{now_ms, record::state_of};
@@ -37,7 +37,20 @@ struct State {
     workers: HashMap<String, (WorkerInfo, Instant)>,
     /// Key-value state by (module, key): the value and when it expires.
     kv: HashMap<(String, String), (Vec<u8>, Option<Instant>)>,
+    groups: HashMap<String, Group>,
+    workflows: HashMap<String, (String, Instant)>,
+    /// Unique-submission keys: the holding task and when the hold ends.
+    unique: HashMap<String, (String, Instant)>,
     seq: u64,
+}
+
+struct Group {
+    size: u32,
+    results: Vec<Option<String>>,
+    failed: Option<String>,
+    queue: String,
+    join: String,
+    expires: Instant,
 }
 
 impl State {
@@ -102,6 +115,74 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// As the Redis broker's `EFFECTS_LUA`; true if messages were added.
+    fn apply(&mut self, e: &Effects) -> bool {
+        let now = Instant::now();
+        for r in &e.records {
+            self.results
+                .insert(r.task_id.clone(), (r.json.clone(), now + r.ttl));
+        }
+        self.groups.retain(|_, g| g.expires > now);
+        for g in &e.groups {
+            self.groups.entry(g.id.clone()).or_insert_with(|| Group {
+                size: g.size,
+                results: vec![None; g.size as usize],
+                failed: None,
+                queue: g.queue.clone(),
+                join: g.join.clone(),
+                expires: now + Duration::from_secs(g.ttl),
+            });
+        }
+        let mut added = !e.launch.is_empty();
+        for l in &e.launch {
+            self.put(&l.message);
+        }
+        if let Some(r) = &e.report {
+            let fire = self.groups.get_mut(&r.group).and_then(|g| {
+                let fire = match &r.outcome {
+                    Ok(v) => {
+                        let slot = g.results.get_mut(r.index as usize)?;
+                        if slot.is_some() {
+                            return None;
+                        }
+                        *slot = Some(v.clone());
+                        g.failed.is_none() && g.results.iter().all(Option::is_some)
+                    }
+                    Err(f) => {
+                        g.failed.is_none() && {
+                            g.failed = Some(f.clone());
+                            true
+                        }
+                    }
+                };
+                fire.then(|| (g.queue.clone(), g.join.clone()))
+            });
+            if let Some((queue, join)) = fire {
+                self.push_ready(&queue, join, 0);
+                added = true;
+            }
+        }
+        if let Some((key, id)) = &e.release
+            && self.unique.get(key).is_some_and(|(holder, _)| holder == id)
+        {
+            self.unique.remove(key);
+        }
+        added
+    }
+
+    fn put(&mut self, m: &Outgoing) {
+        match m.due_ms.filter(|due| *due > now_ms()) {
+            Some(due) => {
+                self.seq += 1;
+                let seq = self.seq;
+                self.queue(&m.queue)
+                    .delayed
+                    .insert((due, seq), m.payload.clone());
+            }
+            None => self.push_ready(&m.queue, m.payload.clone(), 0),
+        }
+    }
+
     fn next_id(&mut self) -> String {
         self.seq += 1;
         format!("{}-{}", now_ms(), self.seq)
@@ -181,19 +262,9 @@ impl Broker for MemoryBroker {
     }
 
     async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()> {
-        let now = now_ms();
         let mut s = self.lock();
         for m in messages {
-            match m.due_ms.filter(|due| *due > now) {
-                Some(due) => {
-                    s.seq += 1;
-                    let seq = s.seq;
-                    s.queue(&m.queue)
-                        .delayed
-                        .insert((due, seq), m.payload.clone());
-                }
-                None => s.push_ready(&m.queue, m.payload.clone(), 0),
-            }
+            s.put(m);
         }
         drop(s);
         self.ready.notify_waiters();
@@ -430,6 +501,10 @@ impl Broker for MemoryBroker {
                 continue;
             }
             outcomes.push(Ok(Completed::Done));
+            if !c.effects.is_empty() {
+                requeued |= s.apply(&c.effects);
+                wrote_result |= !c.effects.records.is_empty();
+            }
             match &c.disposition {
                 Disposition::Ack => {}
                 Disposition::Retry { payload, due_ms } => {
@@ -489,6 +564,64 @@ impl Broker for MemoryBroker {
                 Ok(None)
             }
             None => Ok(None),
+        }
+    }
+
+    async fn apply(&self, effects: &Effects) -> BrokerResult<()> {
+        let added = self.lock().apply(effects);
+        if added {
+            self.ready.notify_waiters();
+        }
+        if !effects.records.is_empty() {
+            self.results.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn group(&self, id: &str) -> BrokerResult<Option<GroupState>> {
+        let s = self.lock();
+        Ok(s.groups
+            .get(id)
+            .filter(|g| g.expires > Instant::now())
+            .map(|g| GroupState {
+                size: g.size,
+                results: g.results.clone(),
+                failed: g.failed.clone(),
+            }))
+    }
+
+    async fn put_workflow(&self, root_id: &str, json: &str, ttl: Duration) -> BrokerResult<()> {
+        self.lock().workflows.insert(
+            root_id.to_string(),
+            (json.to_string(), Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn get_workflow(&self, root_id: &str) -> BrokerResult<Option<String>> {
+        Ok(self
+            .lock()
+            .workflows
+            .get(root_id)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(j, _)| j.clone()))
+    }
+
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> BrokerResult<Option<String>> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        match s.unique.get(key) {
+            Some((holder, until)) if *until > now => Ok(Some(holder.clone())),
+            _ => {
+                s.unique
+                    .insert(key.to_string(), (task_id.to_string(), now + ttl));
+                Ok(None)
+            }
         }
     }
 

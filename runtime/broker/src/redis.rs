@@ -20,6 +20,9 @@
 //! | `modules` | set | module names |
 //! | `worker:<id>` | string, EX | heartbeat JSON |
 //! | `workers` | set | worker ids |
+//! | `group:<id>` | hash, EX | a workflow group: `n`, `done`, `r:<index>` results, `failed`, `join` message and its `stream` |
+//! | `workflow:<root>` | string, EX | a workflow's description (its nodes and ids) |
+//! | `unique:<key>` | string, PX | the task id holding a unique-submission key |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,8 +37,8 @@ use tokio::sync::Mutex;
 use super::results_pubsub::ResultChannels;
 use super::{
     Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
-    Disposition, FetchLimits, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending, QueueStats,
-    ResultWrite, WorkerInfo, redact, signature_slot,
+    Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
+    QueueStats, ResultWrite, WorkerInfo, redact, signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::{now_ms, record::state_of};
@@ -167,13 +170,70 @@ end
 return lost
 "#;
 
+/// Applies one completion's [`Effects`] (decoded from the JSON built by
+/// [`lua_effects`]): records, groups (created once), launched messages, a
+/// report to a group (each index counted once; the report that completes
+/// the group, or its first failure, sends the join), a unique lock
+/// released if still held by the task. Prepended to the scripts that use it.
+const EFFECTS_LUA: &str = r#"
+local function apply_effects(e)
+  for _, r in ipairs(e.records) do
+    redis.call('SET', r[1], r[2], 'EX', r[3])
+    redis.call('PUBLISH', r[1], r[2])
+  end
+  for _, g in ipairs(e.groups) do
+    if redis.call('HSETNX', g[1], 'n', g[2]) == 1 then
+      redis.call('HSET', g[1], 'done', 0, 'stream', g[3], 'join', g[4])
+      redis.call('EXPIRE', g[1], g[5])
+    end
+  end
+  for _, m in ipairs(e.launch) do
+    if m[3] == '' then
+      redis.call('XADD', m[1], '*', 'm', m[2])
+    else
+      redis.call('ZADD', m[1], m[3], m[2])
+    end
+  end
+  if #e.queues > 0 then
+    redis.call('SADD', e.queues_key, unpack(e.queues))
+  end
+  local r = e.report
+  if #r > 0 and redis.call('EXISTS', r[1]) == 1 then
+    local fire = false
+    if r[4] == '1' then
+      if redis.call('HSETNX', r[1], r[2], r[3]) == 1 then
+        local done = redis.call('HINCRBY', r[1], 'done', 1)
+        fire = done == tonumber(redis.call('HGET', r[1], 'n'))
+          and redis.call('HEXISTS', r[1], 'failed') == 0
+      end
+    else
+      fire = redis.call('HSETNX', r[1], 'failed', r[3]) == 1
+    end
+    if fire then
+      redis.call('XADD', redis.call('HGET', r[1], 'stream'), '*', 'm', redis.call('HGET', r[1], 'join'))
+    end
+  end
+  local u = e.release
+  if #u > 0 and redis.call('GET', u[1]) == u[2] then
+    redis.call('DEL', u[1])
+  end
+end
+"#;
+
+/// Effects outside a completion (a producer launching a workflow).
+const APPLY_LUA: &str = r#"
+apply_effects(cjson.decode(ARGV[1]))
+return 1
+"#;
+
 /// Completions, each on its own: store the result, dispose of the message
 /// (retry / dead letter / requeue), ack and delete it; but only while this
 /// consumer holds it. Each checks its target key's type before writing, so
 /// a refusal leaves it undone; an error in one (caught) does not stop the
 /// others. Keys: stream, result, target per completion. Arguments: group,
 /// consumer, now, dead-letter cap, then id, mode, result JSON, ttl,
-/// payload, due, reason per completion. Returns per completion 1 done,
+/// payload, due, reason, effects JSON (or '') per completion; effects are
+/// applied only with the ack. Returns per completion 1 done,
 /// 0 taken over by another consumer, 2 held by nobody (result written), or
 /// the error.
 const COMPLETE_LUA: &str = r#"
@@ -191,7 +251,7 @@ local function holds(stream, id)
   end
   return mine[stream][id]
 end
-local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reason)
+local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reason, effects)
   local held = holds(stream, id)
   if not held then
     local ok, p = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
@@ -217,6 +277,9 @@ local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reas
   elseif mode == 'requeue' then
     redis.call('XADD', target, '*', 'm', payload)
   end
+  if effects ~= '' then
+    apply_effects(cjson.decode(effects))
+  end
   redis.call('XACK', stream, group, id)
   redis.call('XDEL', stream, id)
   mine[stream][id] = nil
@@ -224,9 +287,9 @@ local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reas
 end
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
-  local k, a = i * 3, 4 + i * 7
+  local k, a = i * 3, 4 + i * 8
   local ok, r = pcall(one, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
   if ok then
     out[#out + 1] = r
   else
@@ -276,6 +339,7 @@ pub struct RedisBroker {
     fetch: Script,
     renew: Script,
     complete: Script,
+    apply: Script,
     prune: Script,
     /// The last fetch suggested more messages are waiting.
     backlog: AtomicBool,
@@ -337,7 +401,8 @@ impl RedisBroker {
             promote: Script::new(PROMOTE_LUA),
             fetch: Script::new(FETCH_LUA),
             renew: Script::new(RENEW_LUA),
-            complete: Script::new(COMPLETE_LUA),
+            complete: Script::new(&format!("{EFFECTS_LUA}{COMPLETE_LUA}")),
+            apply: Script::new(&format!("{EFFECTS_LUA}{APPLY_LUA}")),
             prune: Script::new(PRUNE_LUA),
             backlog: AtomicBool::new(true),
         })
@@ -352,6 +417,59 @@ impl RedisBroker {
         calls: &[redis::Cmd],
     ) -> BrokerResult<Vec<Result<Value, BrokerError>>> {
         eval_on(&mut self.conn(), script, calls).await
+    }
+
+    fn group_key(&self, id: &str) -> String {
+        format!("{}group:{id}", self.prefix)
+    }
+
+    /// [`Effects`] as [`EFFECTS_LUA`] reads them: keys resolved, numbers
+    /// as strings (Lua's numbers are doubles).
+    fn lua_effects(&self, e: &Effects) -> String {
+        let now = now_ms();
+        let mut queues: Vec<&str> = Vec::new();
+        let launch: Vec<[String; 3]> = e
+            .launch
+            .iter()
+            .map(|l| {
+                let m = &l.message;
+                if !queues.contains(&m.queue.as_str()) {
+                    queues.push(&m.queue);
+                }
+                match m.due_ms.filter(|d| *d > now) {
+                    Some(due) => [self.delayed(&m.queue), m.payload.clone(), due.to_string()],
+                    None => [self.stream(&m.queue), m.payload.clone(), String::new()],
+                }
+            })
+            .collect();
+        let json = serde_json::json!({
+            "records": e.records.iter().map(|r| {
+                (self.result_key(&r.task_id), &r.json, r.ttl.as_secs().max(1).to_string())
+            }).collect::<Vec<_>>(),
+            "groups": e.groups.iter().map(|g| {
+                (self.group_key(&g.id), g.size.to_string(), self.stream(&g.queue), &g.join, g.ttl.max(1).to_string())
+            }).collect::<Vec<_>>(),
+            "launch": launch,
+            "queues": queues,
+            "queues_key": self.key("queues"),
+            "report": e.report.as_ref().map(|r| {
+                let (field, value, ok) = match &r.outcome {
+                    Ok(v) => (format!("r:{}", r.index), v, "1"),
+                    Err(f) => ("failed".to_string(), f, "0"),
+                };
+                vec![self.group_key(&r.group), field, value.clone(), ok.to_string()]
+            }).unwrap_or_default(),
+            "release": e.release.as_ref().map(|(k, id)| vec![self.unique_key(k), id.clone()]).unwrap_or_default(),
+        });
+        json.to_string()
+    }
+
+    fn unique_key(&self, key: &str) -> String {
+        format!("{}unique:{key}", self.prefix)
+    }
+
+    fn workflow_key(&self, root: &str) -> String {
+        format!("{}workflow:{root}", self.prefix)
     }
 
     /// A module's key-value key. Module names hold no `:`, so no key of
@@ -497,7 +615,8 @@ impl RedisBroker {
                 .arg(p.ttl)
                 .arg(p.payload)
                 .arg(p.due)
-                .arg(p.reason);
+                .arg(p.reason)
+                .arg(&p.effects);
         }
         let reply = self
             .eval_many(&self.complete, &[cmd])
@@ -660,6 +779,11 @@ impl RedisBroker {
             None => (self.key("result:-"), "", 1),
         };
         CompletionArgs {
+            effects: if c.effects.is_empty() {
+                String::new()
+            } else {
+                self.lua_effects(&c.effects)
+            },
             keys: [stream, result_key, target],
             id: &c.delivery_id,
             mode,
@@ -716,6 +840,7 @@ struct CompletionArgs<'a> {
     payload: &'a str,
     due: u64,
     reason: &'a str,
+    effects: String,
 }
 
 /// EVALSHA of `script` over `keys`; the caller adds the arguments.
@@ -1105,7 +1230,9 @@ impl Broker for RedisBroker {
         // check: a plain MULTI, as cheap as it gets. The rest go through the
         // script, which checks.
         let (fresh, checked): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
-            batch[i].lease_fresh && matches!(batch[i].disposition, Disposition::Ack)
+            batch[i].lease_fresh
+                && matches!(batch[i].disposition, Disposition::Ack)
+                && batch[i].effects.is_empty()
         });
         let mut out: Vec<Option<Result<Completed, BrokerError>>> =
             (0..batch.len()).map(|_| None).collect();
@@ -1167,6 +1294,74 @@ impl Broker for RedisBroker {
 
     async fn get_result(&self, task_id: &str) -> BrokerResult<Option<String>> {
         Ok(self.conn().get(self.result_key(task_id)).await?)
+    }
+
+    async fn apply(&self, effects: &Effects) -> BrokerResult<()> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = evalsha(&self.apply, &[] as &[&str]);
+        cmd.arg(self.lua_effects(effects));
+        self.eval_many(&self.apply, &[cmd])
+            .await?
+            .pop()
+            .unwrap_or(Ok(Value::Nil))?;
+        Ok(())
+    }
+
+    async fn group(&self, id: &str) -> BrokerResult<Option<GroupState>> {
+        let fields: HashMap<String, String> = self.conn().hgetall(self.group_key(id)).await?;
+        let Some(size) = fields.get("n").and_then(|n| n.parse::<u32>().ok()) else {
+            return Ok(None);
+        };
+        let mut results = vec![None; size as usize];
+        for (k, v) in &fields {
+            if let Some(i) = k.strip_prefix("r:").and_then(|i| i.parse::<usize>().ok())
+                && i < results.len()
+            {
+                results[i] = Some(v.clone());
+            }
+        }
+        Ok(Some(GroupState {
+            size,
+            results,
+            failed: fields.get("failed").cloned(),
+        }))
+    }
+
+    async fn put_workflow(&self, root_id: &str, json: &str, ttl: Duration) -> BrokerResult<()> {
+        let _: () = self
+            .conn()
+            .set_ex(self.workflow_key(root_id), json, ttl.as_secs().max(1))
+            .await?;
+        Ok(())
+    }
+
+    async fn get_workflow(&self, root_id: &str) -> BrokerResult<Option<String>> {
+        Ok(self.conn().get(self.workflow_key(root_id)).await?)
+    }
+
+    async fn claim_unique(
+        &self,
+        key: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> BrokerResult<Option<String>> {
+        let key = self.unique_key(key);
+        let (set, holder): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(task_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(celeriac_protocol::clock::millis(ttl).max(1))
+            .get(&key)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(match set {
+            Some(_) => None,
+            None => Some(holder.unwrap_or_default()),
+        })
     }
 
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>> {

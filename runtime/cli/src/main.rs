@@ -6,6 +6,7 @@ mod capabilities;
 mod commands;
 mod common;
 mod component_file;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,8 @@ enum Command {
     Components(components::Args),
     /// Queue a task; prints its id (or, with --wait, its result).
     Submit(submit::Args),
+    /// Run a workflow (chain, group, chord, map, …) from a JSON or TOML file; prints its id.
+    Workflow(workflow::Args),
     /// Consume queues and run tasks.
     Worker(worker::Args),
     /// Show a task's result record.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Upload(a) => upload::run(a),
         Command::Components(a) => components::run(a),
         Command::Submit(a) => submit::run(a),
+        Command::Workflow(a) => workflow::run(a),
         Command::Worker(a) => worker::run(a),
         Command::Result(a) => result::run(a),
         Command::Status(a) => status::run(a),

@@ -1,5 +1,40 @@
 //! Producing tasks: resolve `module.task` to the module's current digest,
 //! pin it in a message, enqueue; and wait for results.
+//!
+//! - [`submit`], [`submit_many`] (one round trip for a batch with shared
+//!   options), [`submit_batch`] (each task its own options), then
+//!   [`wait`], [`wait_all`] or [`submit_and_wait`];
+//! - [`workflow`]: chains, groups, chords, map / starmap / chunks, links,
+//!   built in Rust or read from JSON / TOML, launched atomically;
+//! - [`routing`]: task names or globs to queues.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), celeriac_client::ClientError> {
+//! use celeriac_client::workflow::{Spec, TaskSpec, Defaults};
+//! use celeriac_client::{SubmitOptions, TaskRequest};
+//! use serde_json::json;
+//! use std::time::Duration;
+//!
+//! let broker = celeriac_broker::connect("redis://127.0.0.1:6379", "celeriac:").await?;
+//! // One task.
+//! let id = celeriac_client::submit(
+//!     broker.as_ref(),
+//!     TaskRequest::new("math.add", [json!(2), json!(3)]),
+//!     &SubmitOptions::default(),
+//! ).await?;
+//! let record = celeriac_client::wait(broker.as_ref(), &id, Duration::from_secs(10)).await?;
+//! // A chord: ten additions in parallel, then their sum, exactly once.
+//! let header = (0..10).map(|i| Spec::task(TaskSpec::new("math.add").args([json!(i), json!(i)])));
+//! let chord = Spec::chord(header, Spec::task(TaskSpec::new("math.sum")));
+//! let run = celeriac_client::workflow::run(broker.as_ref(), &chord, &Defaults::default()).await?;
+//! let sum = celeriac_client::wait(broker.as_ref(), &run.final_id, Duration::from_secs(10)).await?;
+//! # let _ = (record, sum); Ok(()) }
+//! ```
+
+pub mod routing;
+pub mod workflow;
+
+pub use routing::Routes;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -35,6 +70,14 @@ pub enum ClientError {
     /// Arguments that do not serialize as JSON (a map with non-string keys).
     #[error("arguments are not JSON: {0}")]
     Arguments(#[from] serde_json::Error),
+    /// `--unique-key` held by a task still queued or running.
+    #[error("duplicate: unique key `{key}` is held by task {holder}")]
+    Duplicate { key: String, holder: String },
+    #[error("{0}")]
+    Route(String),
+    /// A workflow that cannot be built, naming where (`chord.header[2]: …`).
+    #[error("workflow: {0}")]
+    Workflow(String),
 }
 
 /// How to run a submitted task. Unset limits take the worker's defaults.
@@ -49,6 +92,19 @@ pub struct SubmitOptions {
     pub limits: MessageLimits,
     pub result_ttl: Option<Duration>,
     pub ignore_result: bool,
+    /// 0 (default) to 9, higher first.
+    pub priority: u8,
+    /// Drop the submission if a task holding the same key is still queued
+    /// or running.
+    pub unique: Option<Unique>,
+}
+
+/// A unique-submission key, held from submit until the task finishes, or
+/// at most `ttl` (so a lost task cannot hold it forever).
+#[derive(Debug, Clone)]
+pub struct Unique {
+    pub key: String,
+    pub ttl: Duration,
 }
 
 impl Default for SubmitOptions {
@@ -61,6 +117,8 @@ impl Default for SubmitOptions {
             limits: MessageLimits::default(),
             result_ttl: None,
             ignore_result: false,
+            priority: 0,
+            unique: None,
         }
     }
 }
@@ -71,6 +129,16 @@ pub struct TaskRequest {
     pub task: String,
     pub args: Vec<Value>,
     pub kwargs: Map<String, Value>,
+}
+
+impl TaskRequest {
+    pub fn new(task: impl Into<String>, args: impl IntoIterator<Item = Value>) -> Self {
+        Self {
+            task: task.into(),
+            args: args.into_iter().collect(),
+            kwargs: Map::new(),
+        }
+    }
 }
 
 /// Submit one task; returns its id. Nothing is enqueued if the module is
@@ -92,8 +160,24 @@ pub async fn submit_many(
     requests: Vec<TaskRequest>,
     options: &SubmitOptions,
 ) -> Result<Vec<String>, ClientError> {
-    let requests = requests.into_iter().map(|r| (new_task_id(), r)).collect();
-    enqueue(broker, requests, options).await
+    let requests = requests
+        .into_iter()
+        .map(|r| (new_task_id(), r, options.clone()))
+        .collect();
+    enqueue(broker, requests).await
+}
+
+/// Submit tasks each with its own options in one round trip; returns
+/// their ids in order. Every task is checked before anything is enqueued.
+pub async fn submit_batch(
+    broker: &dyn Broker,
+    requests: Vec<(TaskRequest, SubmitOptions)>,
+) -> Result<Vec<String>, ClientError> {
+    let requests = requests
+        .into_iter()
+        .map(|(r, o)| (new_task_id(), r, o))
+        .collect();
+    enqueue(broker, requests).await
 }
 
 /// Submit one task and wait for its final record (or `timeout`): the
@@ -125,7 +209,7 @@ pub async fn submit_and_wait_with(
     // A failed submit drops the wait at once.
     let (_, json) = futures_util::future::try_join(
         async {
-            enqueue(broker, vec![(id.clone(), request)], options).await?;
+            enqueue(broker, vec![(id.clone(), request, options.clone())]).await?;
             enqueued(&id);
             Ok(())
         },
@@ -143,13 +227,53 @@ pub async fn submit_and_wait_with(
 
 async fn enqueue(
     broker: &dyn Broker,
-    requests: Vec<(String, TaskRequest)>,
-    options: &SubmitOptions,
+    requests: Vec<(String, TaskRequest, SubmitOptions)>,
 ) -> Result<Vec<String>, ClientError> {
-    validate_queue(&options.queue)?;
+    let modules = resolve(broker, requests.iter().map(|(_, r, _)| r.task.as_str())).await?;
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(requests.len());
+    let mut out = Vec::with_capacity(requests.len());
+    let mut locks = Vec::new();
+    for (id, r, options) in requests {
+        let digest = modules[split(&r.task)?.0].digest;
+        let msg = task_message(
+            id.clone(),
+            r.task,
+            digest,
+            to_raw_value(&r.args)?,
+            to_raw_value(&r.kwargs)?,
+            &options,
+            now,
+        )?;
+        if let Some(u) = &options.unique {
+            locks.push((u.clone(), id.clone()));
+        }
+        out.push(outgoing(&msg)?);
+        ids.push(id);
+    }
+    // Locks last, once everything else is known good: a refused batch
+    // holds no key.
+    for (u, id) in &locks {
+        if let Some(holder) = broker.claim_unique(&u.key, id, u.ttl).await? {
+            return Err(ClientError::Duplicate {
+                key: u.key.clone(),
+                holder,
+            });
+        }
+    }
+    broker.enqueue(&out).await?;
+    Ok(ids)
+}
+
+/// Each module's current version, fetched once per module; an unknown one
+/// is an error before anything is sent.
+pub(crate) async fn resolve<'a>(
+    broker: &dyn Broker,
+    tasks: impl Iterator<Item = &'a str>,
+) -> Result<HashMap<String, ModuleInfo>, ClientError> {
     let mut modules: HashMap<String, ModuleInfo> = HashMap::new();
-    for (_, r) in &requests {
-        let (module, _) = split(&r.task)?;
+    for task in tasks {
+        let (module, _) = split(task)?;
         if !modules.contains_key(module) {
             let info = broker
                 .get_module(module)
@@ -158,45 +282,62 @@ async fn enqueue(
             modules.insert(module.to_string(), info);
         }
     }
-    let now = now_ms();
-    let eta = options.eta.map(unix_ms);
-    let mut ids = Vec::with_capacity(requests.len());
-    let mut out = Vec::with_capacity(requests.len());
-    for (id, r) in requests {
-        let (module, _) = split(&r.task)?;
-        let digest = modules[module].digest;
-        let msg = TaskMessage {
-            v: message::VERSION,
-            id: id.clone(),
-            task: r.task,
-            digest,
-            args: to_raw_value(&r.args)?,
-            kwargs: to_raw_value(&r.kwargs)?,
-            queue: options.queue.clone(),
-            retries: 0,
-            max_retries: options.max_retries,
-            eta,
-            expires: options.expires.map(unix_ms),
-            limits: options.limits.clone(),
-            result_ttl: options.result_ttl.map(|d| d.as_secs().max(1)),
-            ignore_result: options.ignore_result,
-            submitted_at: now,
-        };
-        // The same checks a worker makes: refused here, not dead-lettered there.
-        msg.validate(now)?;
-        let payload = msg.to_json();
-        if payload.len() > message::bounds::DEFAULT_MAX_MESSAGE_BYTES {
-            return Err(ClientError::TooLarge(payload.len()));
-        }
-        out.push(Outgoing {
-            queue: options.queue.clone(),
-            payload,
-            due_ms: eta,
-        });
-        ids.push(id);
+    Ok(modules)
+}
+
+/// The message for one task, checked as a worker will check it.
+pub(crate) fn task_message(
+    id: String,
+    task: String,
+    digest: celeriac_protocol::Digest,
+    args: Box<serde_json::value::RawValue>,
+    kwargs: Box<serde_json::value::RawValue>,
+    options: &SubmitOptions,
+    now: u64,
+) -> Result<TaskMessage, ClientError> {
+    validate_queue(&options.queue)?;
+    let msg = TaskMessage {
+        v: message::VERSION,
+        id,
+        task,
+        digest,
+        args,
+        kwargs,
+        queue: options.queue.clone(),
+        retries: 0,
+        max_retries: options.max_retries,
+        eta: options.eta.map(unix_ms),
+        expires: options.expires.map(unix_ms),
+        limits: options.limits.clone(),
+        result_ttl: options.result_ttl.map(|d| d.as_secs().max(1)),
+        ignore_result: options.ignore_result,
+        submitted_at: now,
+        priority: options.priority,
+        root_id: None,
+        parent_id: None,
+        chain: Vec::new(),
+        member: None,
+        link: Vec::new(),
+        link_error: Vec::new(),
+        map: None,
+        unique_key: options.unique.as_ref().map(|u| u.key.clone()),
+    };
+    // The same checks a worker makes: refused here, not dead-lettered there.
+    msg.validate(now)?;
+    Ok(msg)
+}
+
+/// The message on its way to its queue, within the size a worker reads.
+pub(crate) fn outgoing(msg: &TaskMessage) -> Result<Outgoing, ClientError> {
+    let payload = msg.to_json();
+    if payload.len() > message::bounds::DEFAULT_MAX_MESSAGE_BYTES {
+        return Err(ClientError::TooLarge(payload.len()));
     }
-    broker.enqueue(&out).await?;
-    Ok(ids)
+    Ok(Outgoing {
+        queue: msg.queue.clone(),
+        payload,
+        due_ms: msg.eta,
+    })
 }
 
 /// The stored record of a task, if any.
@@ -262,7 +403,7 @@ fn parse_record(json: &str) -> Result<ResultRecord, ClientError> {
     serde_json::from_str(json).map_err(|e| ClientError::CorruptResult(e.to_string()))
 }
 
-fn split(task: &str) -> Result<(&str, &str), ClientError> {
+pub(crate) fn split(task: &str) -> Result<(&str, &str), ClientError> {
     task.rsplit_once('.')
         .filter(|(m, t)| !m.is_empty() && !t.is_empty())
         .ok_or_else(|| ClientError::TaskName(task.to_string()))

@@ -5,6 +5,7 @@
 //!
 //! - [`message`]: the task message, its limits, bounds and validation
 //! - [`record`]: result records and task states
+//! - [`workflow`]: chains, groups and chords as messages carry them
 //! - [`grants`]: what a signed component may reach (HTTP origins, config, key-value)
 //! - [`Digest`]: the content identity of a component
 //! - [`Backoff`]: one exponential delay policy (task retries, reconnects)
@@ -19,6 +20,7 @@ pub mod message;
 pub mod record;
 pub mod text;
 pub mod units;
+pub mod workflow;
 
 pub use backoff::Backoff;
 pub use clock::now_ms;

@@ -5,6 +5,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::Digest;
+use crate::workflow::{MapCall, Member, Node};
 
 /// Current message format version.
 pub const VERSION: u32 = 1;
@@ -64,6 +65,38 @@ pub struct TaskMessage {
     /// Unix milliseconds.
     #[serde(default)]
     pub submitted_at: u64,
+    /// 0 (default) to 9, higher first within its queue.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+    /// The workflow this task belongs to (its own id for a lone task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+    /// The task whose completion sent this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// What runs after this task, fed its result (see [`crate::workflow`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<Node>,
+    /// The group to report to once `chain` is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Member>,
+    /// Run on success, fed the result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link: Vec<Node>,
+    /// Run on final failure, fed a [`crate::workflow::Failed`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_error: Vec<Node>,
+    /// Call the task once per item instead of once with `args`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapCall>,
+    /// Held while this task is queued or running (see `--unique-key`);
+    /// released when it finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 fn empty_array() -> Box<RawValue> {
@@ -93,6 +126,10 @@ pub mod bounds {
     /// Largest memory limit a message may ask for (workers cap it lower).
     pub const MAX_MEMORY: u64 = 1 << 40;
     pub const MAX_RETRIES: u32 = 10_000;
+    /// Highest priority (0 is the default and the lowest).
+    pub const MAX_PRIORITY: u8 = 9;
+    /// Longest correlation id, unique key or group id.
+    pub const MAX_ID_LEN: usize = 200;
     /// Largest message the client sends and, by default, a worker reads.
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -200,6 +237,32 @@ impl TaskMessage {
             return invalid(format!("expires {expires} is more than 365 days ahead"));
         }
         self.limits.check().map_err(MessageError::Invalid)?;
+        if self.priority > MAX_PRIORITY {
+            return invalid(format!(
+                "priority {} is out of range (0 to {MAX_PRIORITY})",
+                self.priority
+            ));
+        }
+        for (what, id) in [
+            ("root_id", &self.root_id),
+            ("parent_id", &self.parent_id),
+            ("unique_key", &self.unique_key),
+            (
+                "member group",
+                &self.member.as_ref().map(|m| m.group.clone()),
+            ),
+        ] {
+            if let Some(id) = id
+                && (id.is_empty() || id.len() > MAX_ID_LEN)
+            {
+                return invalid(format!("{what} must be 1..={MAX_ID_LEN} characters"));
+            }
+        }
+        if let Some(map) = &self.map
+            && !map.items.get().starts_with('[')
+        {
+            return invalid("map items must be a JSON array".into());
+        }
         if self.max_retries > MAX_RETRIES {
             return invalid(format!(
                 "max_retries {} is over the maximum of {MAX_RETRIES}",

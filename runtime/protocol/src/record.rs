@@ -73,6 +73,11 @@ pub struct ResultRecord<R = Value> {
     /// worker's ceilings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<RecordLimits>,
+    /// The workflow this task belongs to, and the task that sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
 }
 
 /// Effective limits of a run, as recorded.

@@ -32,6 +32,29 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         })
 }
 
+/// A rate limit such as `10/s`, `100/m`, `5/h`: how far apart calls must
+/// be (`1/s` is one a second; `10/s` one every 100 ms).
+pub fn parse_rate(input: &str) -> Result<Duration, String> {
+    let bad = |why: &str| format!("invalid rate `{input}`: {why} (examples: 10/s, 100/m, 5/h)");
+    let (n, per) = input
+        .trim()
+        .split_once('/')
+        .ok_or_else(|| bad("expected COUNT/UNIT"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| bad("COUNT must be a positive integer"))?;
+    let period = match per.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        _ => return Err(bad("UNIT must be s, m or h")),
+    };
+    Ok(period / n)
+}
+
 /// Format a byte count for people: `256 MiB`.
 pub fn format_size(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()

@@ -93,6 +93,24 @@ impl TaskError {
             } | TaskError::Trap(_)
         )
     }
+
+    /// The same failure, said to be of item `i` of a map call.
+    pub fn in_item(self, i: usize) -> Self {
+        match self {
+            TaskError::Failed {
+                kind,
+                message,
+                retry_after,
+            } => TaskError::Failed {
+                kind,
+                message: format!("item {i}: {message}"),
+                retry_after,
+            },
+            TaskError::Trap(m) => TaskError::Trap(format!("item {i}: {m}")),
+            TaskError::Host(m) => TaskError::Host(format!("item {i}: {m}")),
+            other => other,
+        }
+    }
 }
 
 /// The outcome of one task run, with what it cost.
@@ -108,6 +126,19 @@ pub struct TaskReport {
     pub memory_peak: u64,
     /// Last progress the task reported.
     pub progress: Option<(u64, u64)>,
+}
+
+impl TaskReport {
+    /// A report of what did not run in the sandbox (or runs of it summed).
+    pub fn of(result: Result<String, TaskError>, elapsed: Duration, fuel: Option<u64>) -> Self {
+        Self {
+            result,
+            elapsed,
+            fuel_consumed: fuel,
+            memory_peak: 0,
+            progress: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use celeriac_broker::{Delivery, Disposition};
 use celeriac_protocol::message::{TaskMessage, salvage_id};
 use celeriac_protocol::record::{ErrorInfo, TaskState};
 use celeriac_protocol::units::format_size;
+use celeriac_protocol::workflow::{JoinMessage, is_join};
 
 use crate::WorkerConfig;
 use crate::settle::{Verdict, anonymous_record, record, refuse, refuse_unread};
@@ -48,6 +49,8 @@ pub(crate) enum Turned {
 #[derive(Debug)]
 pub(crate) enum Admission {
     Run(Admitted),
+    /// A group's join (see `flow`).
+    Join(JoinMessage),
     Turned {
         why: Turned,
         /// One line for the log.
@@ -81,6 +84,12 @@ pub(crate) fn admit(delivery: &Delivery, config: &WorkerConfig, now: u64) -> Adm
             reason,
             salvage_id_from_prefix(&delivery.payload),
         );
+    }
+    if is_join(&delivery.payload) {
+        return match JoinMessage::parse(&delivery.payload) {
+            Ok(j) => Admission::Join(j),
+            Err(e) => unread(Turned::Malformed, e.to_string(), None),
+        };
     }
     let parsed = TaskMessage::parse(&delivery.payload, now).and_then(|m| {
         let dot = m.split_task()?.0.len();
@@ -180,6 +189,7 @@ mod tests {
                 verdict,
             } => (why, reason, msg, verdict),
             Admission::Run(m) => panic!("admitted {}", m.msg.id),
+            Admission::Join(j) => panic!("join {}", j.join),
         }
     }
 

@@ -20,6 +20,7 @@ mod admit;
 mod components;
 mod config;
 mod finisher;
+mod flow;
 mod keeper;
 mod kv;
 mod leases;
@@ -49,6 +50,7 @@ use celeriac_broker::{Broker, Completion, Delivery, Disposition, FetchLimits};
 use celeriac_protocol::now_ms;
 use celeriac_protocol::record::TaskState;
 use celeriac_protocol::text::clip;
+use celeriac_protocol::workflow::JoinMessage;
 use celeriac_sandbox::{Sandbox, TaskCall};
 use celeriac_signing::TrustStore;
 use components::{ComponentCache, LoadError};
@@ -99,6 +101,11 @@ impl Worker {
 
     pub fn id(&self) -> &str {
         &self.config.id
+    }
+
+    /// Tasks run so far (each call of a map counted once per message).
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
     }
 
     /// Components this worker keeps compiled (at most the sandbox's
@@ -341,9 +348,13 @@ impl Worker {
     async fn process(&self, delivery: &Delivery) -> Completion {
         let (msg, verdict) = match admit(delivery, &self.config, now_ms()) {
             Admission::Run(task) => {
-                let span = tracing::info_span!("task", task_id = %task.msg.id, task = %task.msg.task, retries = task.msg.retries);
+                let span = task_span(&task.msg);
                 let verdict = self.resolve_and_run(&task).instrument(span).await;
                 (Some(task.msg), verdict)
+            }
+            Admission::Join(join) => {
+                let span = tracing::info_span!("join", group = %join.join, root_id = join.root_id.as_deref());
+                return self.join(delivery, &join).instrument(span).await;
             }
             Admission::Turned {
                 why,
@@ -357,7 +368,29 @@ impl Worker {
         };
         let task = msg.as_ref().map_or("?", |m| m.task.as_str());
         metrics::task_finished(task, verdict.label());
-        settle::completion(delivery, verdict, msg.as_ref(), &self.config)
+        let effects = msg.as_ref().map_or_else(Default::default, |m| {
+            flow::after_task(m, &verdict, &self.config, now_ms())
+        });
+        settle::completion(delivery, verdict, msg.as_ref(), &self.config, effects)
+    }
+
+    /// A group's join: read what its members reported and carry the
+    /// workflow on (see `flow`), atomically with the ack.
+    async fn join(&self, delivery: &Delivery, join: &JoinMessage) -> Completion {
+        let group = match self.broker.group(&join.join).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the group; requeueing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return settle::requeue(delivery);
+            }
+        };
+        let effects = flow::after_join(join, group.as_ref(), &self.config, now_ms());
+        tracing::info!(launched = effects.launch.len(), "group joined");
+        let mut c = settle::requeue(delivery);
+        c.disposition = Disposition::Ack;
+        c.effects = effects;
+        c
     }
 
     async fn resolve_and_run(&self, task: &Admitted) -> Verdict {
@@ -404,7 +437,10 @@ impl Worker {
                 tracing::warn!(error = %e, "could not record STARTED");
             }
         }
-        let report = self.sandbox.run(&component.loaded, &call, &limits).await;
+        let report = match &msg.map {
+            None => self.sandbox.run(&component.loaded, &call, &limits).await,
+            Some(map) => map_calls(&self.sandbox, &component.loaded, call, map, &limits).await,
+        };
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.mean_runtime.record(report.elapsed);
         metrics::task_ran(&msg.task, report.elapsed, report.fuel_consumed);
@@ -420,6 +456,60 @@ impl Worker {
         log_settled(&verdict, report.elapsed);
         verdict
     }
+}
+
+/// A task's span: its id, name and place in its workflow on every line.
+fn task_span(m: &celeriac_protocol::TaskMessage) -> tracing::Span {
+    tracing::info_span!("task", task_id = %m.id, task = %m.task, retries = m.retries,
+        root_id = m.root_id.as_deref(), parent_id = m.parent_id.as_deref())
+}
+
+/// A map / starmap message: the task once per item, each in a fresh
+/// instance under the message's limits; the result is the list of
+/// results, or the first failure (naming its item).
+async fn map_calls(
+    sandbox: &Sandbox,
+    component: &celeriac_sandbox::LoadedComponent,
+    mut call: TaskCall,
+    map: &celeriac_protocol::workflow::MapCall,
+    limits: &celeriac_sandbox::Limits,
+) -> celeriac_sandbox::TaskReport {
+    let started = Instant::now();
+    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_str(map.items.get()) {
+        Ok(items) => items,
+        Err(e) => {
+            let e = celeriac_sandbox::TaskError::Failed {
+                kind: celeriac_sandbox::FailureKind::InvalidInput,
+                message: format!("map items are not a JSON array: {e}"),
+                retry_after: None,
+            };
+            return celeriac_sandbox::TaskReport::of(Err(e), Duration::ZERO, None);
+        }
+    };
+    let mut results = Vec::with_capacity(items.len());
+    let mut fuel = 0u64;
+    for (i, item) in items.iter().enumerate() {
+        call.args = if map.star {
+            item.get().to_string()
+        } else {
+            format!("[{}]", item.get())
+        };
+        let mut report = sandbox.run(component, &call, limits).await;
+        fuel = fuel.saturating_add(report.fuel_consumed.unwrap_or(0));
+        match report.result {
+            Ok(json) => results.push(json),
+            Err(e) => {
+                report.result = Err(e.in_item(i));
+                report.elapsed = started.elapsed();
+                return report;
+            }
+        }
+    }
+    celeriac_sandbox::TaskReport::of(
+        Ok(format!("[{}]", results.join(","))),
+        started.elapsed(),
+        Some(fuel),
+    )
 }
 
 /// The phases of a shutdown, as seen by each delivery's future.
@@ -439,8 +529,7 @@ fn log_turned(
     msg: Option<&celeriac_protocol::TaskMessage>,
     queue: &str,
 ) {
-    let span = msg
-        .map(|m| tracing::info_span!("task", task_id = %m.id, task = %m.task, retries = m.retries));
+    let span = msg.map(task_span);
     let _entered = span.as_ref().map(|s| s.enter());
     match why {
         Turned::Oversize => tracing::warn!(%queue, %reason, "dead-lettering unread message"),

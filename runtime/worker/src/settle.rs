@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use celeriac_broker::{Completion, Delivery, Disposition, ResultWrite};
+use celeriac_broker::{Completion, Delivery, Disposition, Effects, ResultWrite};
 use celeriac_protocol::bounds::MAX_RESULT_TTL_SECS;
 use celeriac_protocol::clock::millis;
 use celeriac_protocol::message::TaskMessage;
@@ -73,6 +73,8 @@ pub(crate) fn record(
         retries: msg.retries,
         submitted_at: msg.submitted_at,
         state,
+        root_id: msg.root_id.clone(),
+        parent_id: msg.parent_id.clone(),
         ..anonymous_record(msg.id.clone(), &msg.queue, config, now)
     }
 }
@@ -95,6 +97,8 @@ pub(crate) fn anonymous_record(id: String, queue: &str, config: &WorkerConfig, n
         finished_at: Some(now),
         retry_at: None,
         limits: None,
+        root_id: None,
+        parent_id: None,
     }
 }
 
@@ -329,13 +333,16 @@ pub(crate) fn completion(
     verdict: Verdict,
     msg: Option<&TaskMessage>,
     config: &WorkerConfig,
+    effects: Effects,
 ) -> Completion {
     let (ttl, ignore) = msg.map_or((None, false), |m| (m.result_ttl, m.ignore_result));
     let result = verdict
         .record
         .filter(|_| !ignore)
         .map(|r| result_write(&r, ttl, config));
-    of_delivery(delivery, result, verdict.disposition)
+    let mut c = of_delivery(delivery, result, verdict.disposition);
+    c.effects = effects;
+    c
 }
 
 /// Hand a delivery back untouched (shutdown, or not started in time).
@@ -355,6 +362,7 @@ fn of_delivery(
         result,
         disposition,
         lease_fresh: false,
+        effects: Effects::default(),
     }
 }
 
@@ -639,7 +647,7 @@ pub(crate) mod tests {
     fn completions_carry_the_record_unless_ignored() {
         let d = delivery();
         let v = settle(&msg(0, 3), Ok("5".into()), 0);
-        let c = completion(&d, v, Some(&msg(0, 3)), &config());
+        let c = completion(&d, v, Some(&msg(0, 3)), &config(), Effects::default());
         let w = c.result.expect("a result to write");
         assert_eq!(
             (w.task_id.as_str(), w.ttl),
@@ -652,10 +660,22 @@ pub(crate) mod tests {
         // The message's own expiry wins, capped to what Redis takes.
         let mut m = msg(0, 3);
         m.result_ttl = Some(60);
-        let c = completion(&d, settle(&m, Ok("5".into()), 0), Some(&m), &config());
+        let c = completion(
+            &d,
+            settle(&m, Ok("5".into()), 0),
+            Some(&m),
+            &config(),
+            Effects::default(),
+        );
         assert_eq!(c.result.unwrap().ttl, Duration::from_secs(60));
         m.result_ttl = Some(u64::MAX);
-        let c = completion(&d, settle(&m, Ok("5".into()), 0), Some(&m), &config());
+        let c = completion(
+            &d,
+            settle(&m, Ok("5".into()), 0),
+            Some(&m),
+            &config(),
+            Effects::default(),
+        );
         assert_eq!(
             c.result.unwrap().ttl,
             Duration::from_secs(MAX_RESULT_TTL_SECS)
@@ -664,7 +684,7 @@ pub(crate) mod tests {
         // ignore_result: the message is disposed of, nothing is written.
         m.ignore_result = true;
         let failure = settle(&m, Err(failed(FailureKind::Fatal, "no")), 0);
-        let c = completion(&d, failure, Some(&m), &config());
+        let c = completion(&d, failure, Some(&m), &config(), Effects::default());
         assert!(c.result.is_none());
         assert!(matches!(c.disposition, Disposition::DeadLetter { .. }));
 

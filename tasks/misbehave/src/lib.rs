@@ -93,6 +93,15 @@ pub fn sleep(ms: u64) -> u64 {
     ms
 }
 
+/// Gives back what it was given, after `ms` milliseconds: any JSON in,
+/// the same out (a slow chord callback, an error callback that shows what
+/// it received).
+#[task]
+pub fn hold(value: Value, ms: Option<u64>) -> Value {
+    std::thread::sleep(Duration::from_millis(ms.unwrap_or(0)));
+    value
+}
+
 /// Prints `bytes` bytes to stdout: the host must cap what it keeps.
 #[task]
 pub fn chatter(bytes: usize) -> usize {
@@ -204,6 +213,6 @@ pub fn exit(status: u8, std: Option<bool>) -> u64 {
 }
 
 celeriac_sdk::export_tasks!(
-    spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, host_work, crash,
-    exit, bloat
+    hold, spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, host_work,
+    crash, exit, bloat
 );

@@ -15,3 +15,4 @@ pub mod submit;
 pub mod upload;
 pub mod verify;
 pub mod worker;
+pub mod workflow;

@@ -1,12 +1,19 @@
 //! `celeriac submit`: queue one task with its options; prints its id, or
-//! with `--wait` its result.
+//! with `--wait` its result. `--batch FILE` queues many (JSON lines) in one
+//! round trip and prints their ids.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
+
 use crate::common::{BrokerArgs, parse_call_json, print_outcome};
+use crate::settings::SettingsArgs;
 use crate::{exit, runtime};
-use celeriac_client::{SubmitOptions, TaskRequest, submit, submit_and_wait_with};
+use celeriac_client::workflow::{Defaults, TaskSpec};
+use celeriac_client::{
+    ClientError, SubmitOptions, TaskRequest, Unique, submit, submit_and_wait_with, submit_batch,
+};
 use celeriac_protocol::MessageLimits;
 use celeriac_protocol::clock::millis;
 use celeriac_protocol::units::{parse_duration, parse_size};
@@ -14,16 +21,33 @@ use celeriac_protocol::units::{parse_duration, parse_size};
 #[derive(clap::Args)]
 pub struct Args {
     /// Task to run: `module.task`.
-    task: String,
+    #[arg(required_unless_present = "batch")]
+    task: Option<String>,
     /// Positional arguments as a JSON array.
     #[arg(value_name = "ARGS_JSON", default_value = "[]")]
     args: String,
     /// Keyword arguments as a JSON object.
     #[arg(long, value_name = "JSON", default_value = "{}")]
     kwargs: String,
-    /// Queue to put it on.
-    #[arg(long, default_value = "default")]
-    queue: String,
+    /// Queue many tasks from FILE (`-` for stdin), one JSON object per
+    /// line: {"task": "math.add", "args": [1, 2]} plus any of kwargs,
+    /// queue, priority, countdown, expires, max_retries, timeout,
+    /// soft_timeout, fuel, memory, result_ttl. Flags give the defaults.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["task", "wait", "unique_key"])]
+    batch: Option<String>,
+    /// Queue to put it on (default: the first matching route, else `default`).
+    #[arg(long)]
+    queue: Option<String>,
+    /// 0 (default) to 9; higher runs first within its queue.
+    #[arg(long, value_name = "0-9", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: u8,
+    /// Drop this submission if a task submitted with the same key is still
+    /// queued or running (prints that task's id instead).
+    #[arg(long, value_name = "KEY")]
+    unique_key: Option<String>,
+    /// Longest the key is held, should its task never finish.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1h", requires = "unique_key")]
+    unique_for: Duration,
     /// Run no earlier than this long from now.
     #[arg(long, value_name = "DUR", value_parser = parse_duration, conflicts_with = "eta")]
     countdown: Option<Duration>,
@@ -61,6 +85,8 @@ pub struct Args {
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s", requires = "wait")]
     wait_timeout: Duration,
     #[command(flatten)]
+    settings: SettingsArgs,
+    #[command(flatten)]
     broker: BrokerArgs,
 }
 
@@ -76,14 +102,19 @@ fn from_now(now: SystemTime, d: Duration, flag: &str) -> anyhow::Result<SystemTi
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (positional, kwargs) = parse_call_json(&args.args, &args.kwargs)?;
+    let settings = args.settings.load()?;
     let now = SystemTime::now();
     let countdown = args
         .countdown
         .map(|d| from_now(now, d, "--countdown"))
         .transpose()?;
+    if let Some(key) = &args.unique_key
+        && (key.is_empty() || key.len() > celeriac_protocol::bounds::MAX_ID_LEN)
+    {
+        anyhow::bail!("--unique-key must be 1 to 200 characters");
+    }
     let options = SubmitOptions {
-        queue: args.queue.clone(),
+        queue: args.queue.clone().unwrap_or_else(|| "default".into()),
         eta: args.eta.or(countdown),
         expires: args
             .expires
@@ -98,17 +129,46 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         result_ttl: args.result_ttl,
         ignore_result: args.ignore_result,
+        priority: args.priority,
+        unique: args.unique_key.clone().map(|key| Unique {
+            key,
+            ttl: args.unique_for,
+        }),
     };
+    // An explicit --queue wins; otherwise the routes decide.
+    let defaults = Defaults {
+        options,
+        routes: if args.queue.is_some() {
+            Default::default()
+        } else {
+            settings.routes
+        },
+    };
+    if let Some(file) = &args.batch {
+        return batch(&args, file, &defaults, now);
+    }
+    let task = args.task.clone().unwrap_or_default();
+    let (positional, kwargs) = parse_call_json(&args.args, &args.kwargs)?;
+    let mut options = defaults.options.clone();
+    if let Some(q) = defaults.routes.queue_for(&task) {
+        options.queue = q.to_string();
+    }
     let request = TaskRequest {
-        task: args.task.clone(),
+        task,
         args: positional,
         kwargs,
     };
     runtime()?.block_on(async {
         let broker = args.broker.connect().await?;
         if !args.wait {
-            let id = submit(broker.as_ref(), request, &options).await?;
-            println!("{id}");
+            match submit(broker.as_ref(), request, &options).await {
+                Ok(id) => println!("{id}"),
+                Err(ClientError::Duplicate { key, holder }) => {
+                    eprintln!("duplicate: task {holder} holds unique key `{key}`; not queued");
+                    println!("{holder}");
+                }
+                Err(e) => return Err(e.into()),
+            }
             return Ok(ExitCode::SUCCESS);
         }
         // The id goes to stderr at once: if the wait fails, the caller can
@@ -134,5 +194,43 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(exit::TIMEOUT))
             }
         }
+    })
+}
+
+/// `--batch FILE`: every line checked, then one round trip.
+fn batch(
+    args: &Args,
+    file: &str,
+    defaults: &Defaults,
+    now: SystemTime,
+) -> anyhow::Result<ExitCode> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+    };
+    let mut requests = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let spec = TaskSpec::parse_line(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{file}:{}: {}",
+                n + 1,
+                e.to_string().trim_start_matches("workflow: ")
+            )
+        })?;
+        requests.push((spec.request(), spec.options(defaults, now)));
+    }
+    if requests.is_empty() {
+        anyhow::bail!("{file}: no tasks (one JSON object per line)");
+    }
+    runtime()?.block_on(async {
+        let broker = args.broker.connect().await?;
+        for id in submit_batch(broker.as_ref(), requests).await? {
+            println!("{id}");
+        }
+        Ok(ExitCode::SUCCESS)
     })
 }
