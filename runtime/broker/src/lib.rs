@@ -261,6 +261,42 @@ pub struct ResultWrite {
     pub ttl: Duration,
 }
 
+/// Task (or workflow root) ids revoked together; with `terminate`,
+/// running ones are stopped too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub terminate: bool,
+}
+
+/// Revocations as they are made (see [`Broker::watch_revokes`]).
+pub struct RevokeWatch {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Keeps the subscription alive.
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl RevokeWatch {
+    pub fn new(
+        rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Self { rx, _keep: keep }
+    }
+
+    /// The next revocation; `None` when the feed was lost (watch again,
+    /// and read [`Broker::revoked`] for what was missed).
+    pub async fn next(&mut self) -> Option<Revocation> {
+        loop {
+            let json = self.rx.recv().await?;
+            if let Ok(r) = serde_json::from_str(&json) {
+                return Some(r);
+            }
+        }
+    }
+}
+
 /// A group member's outcome, reported once its chain is done.
 #[derive(Debug, Clone)]
 pub struct GroupReport {
@@ -531,6 +567,27 @@ pub trait Broker: Send + Sync + 'static {
         task_id: &str,
         ttl: Duration,
     ) -> BrokerResult<Option<String>>;
+
+    /// Reserve the next call of `task` under a limit of one call per
+    /// `every`, shared by every worker: returns how long from now the
+    /// reserved call may start (zero: now). A message that comes back at
+    /// its reserved time (same `task_id`) finds its reservation and goes.
+    async fn rate_acquire(
+        &self,
+        task: &str,
+        task_id: &str,
+        every: Duration,
+    ) -> BrokerResult<Duration>;
+
+    // --- revocation ---
+    /// Revoke `ids` (tasks or workflow roots) for `ttl`: kept in the
+    /// broker, so a worker started later honours them too, and announced
+    /// to running workers.
+    async fn revoke(&self, ids: &[String], ttl: Duration, terminate: bool) -> BrokerResult<()>;
+    /// Every id revoked and not expired.
+    async fn revoked(&self) -> BrokerResult<Vec<String>>;
+    /// Revocations from now on.
+    async fn watch_revokes(&self) -> BrokerResult<RevokeWatch>;
 
     // --- key-value state of task modules (each module its own namespace) ---
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>>;

@@ -11,9 +11,10 @@ use tokio::sync::Notify;
 use super::{
     Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
     Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
-    QueueStats, ResultWrite, StoredComponent, WorkerInfo, signature_slot,
+    QueueStats, ResultWrite, Revocation, RevokeWatch, StoredComponent, WorkerInfo, signature_slot,
 };
 use celeriac_protocol::Digest;
+use celeriac_protocol::message::{levels, split_level};
 use celeriac_protocol::{now_ms, record::state_of};
 
 /// Dead letters kept per queue, oldest dropped first (as Redis' MAXLEN).
@@ -41,6 +42,12 @@ struct State {
     workflows: HashMap<String, (String, Instant)>,
     /// Unique-submission keys: the holding task and when the hold ends.
     unique: HashMap<String, (String, Instant)>,
+    /// Rate limits: when each task's next call may start; reserved starts
+    /// by task id.
+    rate_next: HashMap<String, Instant>,
+    rate_slots: HashMap<String, Instant>,
+    revoked: HashMap<String, Instant>,
+    revoke_watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
     seq: u64,
 }
 
@@ -516,10 +523,12 @@ impl Broker for MemoryBroker {
                 }
                 Disposition::DeadLetter { reason, payload } => {
                     let id = s.next_id();
-                    let dead = &mut s.queue(&c.queue).dead;
+                    // One dead-letter list per queue, whatever the level.
+                    let base = split_level(&c.queue).0;
+                    let dead = &mut s.queue(base).dead;
                     dead.push_back(DeadLetter {
                         id,
-                        queue: c.queue.clone(),
+                        queue: base.to_string(),
                         reason: reason.clone(),
                         payload: payload.clone().unwrap_or_else(|| c.payload.to_string()),
                         at: now,
@@ -623,6 +632,58 @@ impl Broker for MemoryBroker {
                 Ok(None)
             }
         }
+    }
+
+    async fn revoke(&self, ids: &[String], ttl: Duration, terminate: bool) -> BrokerResult<()> {
+        let mut s = self.lock();
+        let until = Instant::now() + ttl;
+        for id in ids {
+            s.revoked.insert(id.clone(), until);
+        }
+        let note = serde_json::to_string(&Revocation {
+            ids: ids.to_vec(),
+            terminate,
+        })
+        .unwrap_or_default();
+        s.revoke_watchers.retain(|tx| tx.send(note.clone()).is_ok());
+        Ok(())
+    }
+
+    async fn revoked(&self) -> BrokerResult<Vec<String>> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        s.revoked.retain(|_, until| *until > now);
+        Ok(s.revoked.keys().cloned().collect())
+    }
+
+    async fn watch_revokes(&self) -> BrokerResult<RevokeWatch> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.lock().revoke_watchers.push(tx);
+        Ok(RevokeWatch::new(rx, Box::new(())))
+    }
+
+    async fn rate_acquire(
+        &self,
+        task: &str,
+        task_id: &str,
+        every: Duration,
+    ) -> BrokerResult<Duration> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        if let Some(at) = s.rate_slots.get(task_id).copied() {
+            if at <= now + Duration::from_millis(2) {
+                s.rate_slots.remove(task_id);
+                return Ok(Duration::ZERO);
+            }
+            return Ok(at - now);
+        }
+        let start = s.rate_next.get(task).copied().unwrap_or(now).max(now);
+        s.rate_next.insert(task.to_string(), start + every);
+        if start <= now {
+            return Ok(Duration::ZERO);
+        }
+        s.rate_slots.insert(task_id.to_string(), start);
+        Ok(start - now)
     }
 
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>> {
@@ -737,20 +798,32 @@ impl Broker for MemoryBroker {
     }
 
     async fn queues(&self) -> BrokerResult<Vec<String>> {
-        Ok(self.lock().queues.keys().cloned().collect())
+        // Levels (`q@9`) are part of their queue.
+        let mut names: Vec<String> = self
+            .lock()
+            .queues
+            .keys()
+            .map(|q| split_level(q).0.to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats> {
         let mut s = self.lock();
+        let base = split_level(queue).0;
         let mut stats = QueueStats {
-            queue: queue.to_string(),
+            queue: base.to_string(),
             ..QueueStats::default()
         };
-        if let Some(q) = s.existing(queue) {
-            stats.ready = q.ready.len() as u64;
-            stats.delayed = q.delayed.len() as u64;
-            stats.in_flight = q.held.len() as u64;
-            stats.dead = q.dead.len() as u64;
+        for level in levels(base) {
+            if let Some(q) = s.existing(&level) {
+                stats.ready += q.ready.len() as u64;
+                stats.delayed += q.delayed.len() as u64;
+                stats.in_flight += q.held.len() as u64;
+                stats.dead += q.dead.len() as u64;
+            }
         }
         Ok(stats)
     }

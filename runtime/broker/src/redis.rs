@@ -23,6 +23,9 @@
 //! | `group:<id>` | hash, EX | a workflow group: `n`, `done`, `r:<index>` results, `failed`, `join` message and its `stream` |
 //! | `workflow:<root>` | string, EX | a workflow's description (its nodes and ids) |
 //! | `unique:<key>` | string, PX | the task id holding a unique-submission key |
+//! | `revoked` | zset, also a pub/sub channel | revoked task and workflow ids by expiry (Unix ms) |
+//! | `rate:<task>` | string, PX | when the next call of a rate-limited task may start (Unix ms) |
+//! | `rate-slot:<id>` | string, PX | a reserved start time of a task that had to wait |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,9 +41,10 @@ use super::results_pubsub::ResultChannels;
 use super::{
     Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
     Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
-    QueueStats, ResultWrite, WorkerInfo, redact, signature_slot,
+    QueueStats, ResultWrite, Revocation, RevokeWatch, WorkerInfo, redact, signature_slot,
 };
 use celeriac_protocol::Digest;
+use celeriac_protocol::message::{levels, split_level};
 use celeriac_protocol::{now_ms, record::state_of};
 
 const GROUP: &str = "workers";
@@ -59,6 +63,11 @@ const PROMOTE_BATCH: u64 = 1_000;
 /// that much earlier. This process's own uploads are seen at once.
 const MODULE_TTL: Duration = Duration::from_secs(1);
 
+/// How long a waiting message must have waited to rank one priority level
+/// higher (see [`FETCH_LUA`]): a priority-0 message waits at most about
+/// 9 × this behind a flood of fresh priority-9 ones.
+pub const PRIORITY_AGING: Duration = Duration::from_secs(1);
+
 /// Moves due messages from `delayed:{q}` to `queue:{q}` atomically, so two
 /// workers never move the same message twice.
 const PROMOTE_LUA: &str = r#"
@@ -72,31 +81,27 @@ end
 return #due
 "#;
 
-/// Takes ready messages of one queue for a consumer within a count and a
-/// byte budget, without anyone reading an oversized one: it looks at the
-/// entries after the group's last-delivered id first (XRANGE), decides how
-/// many fit, delivers exactly those (XREADGROUP), and moves oversized ones
-/// straight to the dead-letter queue, cut to a prefix, with the reason.
-/// Returns the last-delivered id before this call; how many delivered
-/// messages the caller is to read itself with a plain XREADGROUP from that
-/// id (when they are over ARGV[9] bytes together: passing large payloads
-/// back through Lua cost more than the rest of the fetch); how many were
-/// oversized, then id, prefix, size of each; then id, payload of each
-/// message returned inline.
+/// Takes ready messages of one queue's priority levels for a consumer
+/// within a count and a byte budget, without anyone reading an oversized
+/// one. KEYS are (stream, dead-letter stream) per level; ARGV[11..] the
+/// levels. Levels are served by rank: `level × aging + age of its oldest
+/// waiting message` (ARGV[10] is the aging in ms), so a higher level goes
+/// first unless a lower one's oldest message has waited `aging` per level
+/// of difference longer: no level starves.
+///
+/// Per stream it looks at the entries after the group's last-delivered id
+/// (XRANGE), decides how many fit, delivers exactly those (XCLAIM + SETID,
+/// as XREADGROUP would), and moves oversized ones straight to the
+/// dead-letter queue, cut to a prefix, with the reason. Returns per
+/// stream served: its key index, the last-delivered id before this call,
+/// how many delivered messages the caller is to read itself with a plain
+/// XREADGROUP from that id (when the batch is over ARGV[9] bytes: passing
+/// large payloads back through Lua cost more than the rest of the fetch),
+/// how many were oversized, how many come inline; then id, prefix, size of
+/// each oversized one; then id, payload of each inline one.
 const FETCH_LUA: &str = r#"
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if not ok then return redis.error_reply('NOGROUP no stream ' .. KEYS[1]) end
-local last = nil
-for _, g in ipairs(groups) do
-  local name, id = nil, nil
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'last-delivered-id' then id = g[i + 1] end
-  end
-  if name == ARGV[1] then last = id end
-end
-if not last then return redis.error_reply('NOGROUP no group on ' .. KEYS[1]) end
 local max, budget, limit, keep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local now, aging = tonumber(ARGV[7]), tonumber(ARGV[10])
 local function size(n)
   if n < 1024 then return n .. ' B' end
   local units = {'KiB', 'MiB', 'GiB'}
@@ -104,50 +109,87 @@ local function size(n)
   while v >= 1024 and u < #units do v = v / 1024; u = u + 1 end
   return string.format('%.1f %s', v, units[u])
 end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', max)
-local bytes, n, big, payloads = 0, 0, {}, {}
-for _, e in ipairs(entries) do
-  local m = ''
-  local f = e[2]
-  for i = 1, #f, 2 do
-    if f[i] == 'm' then m = f[i + 1] end
+local function last_delivered(stream)
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+  if not ok then return nil end
+  for _, g in ipairs(groups) do
+    local name, id = nil, nil
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then id = g[i + 1] end
+    end
+    if name == ARGV[1] then return id end
   end
-  local cost = #m
-  if cost > limit then cost = keep end
-  if n > 0 and bytes + cost > budget then break end
-  bytes = bytes + cost
-  n = n + 1
-  payloads[n] = m
-  if #m > limit then big[#big + 1] = {e[1], string.sub(m, 1, keep), #m} end
+  return nil
 end
-if n == 0 then return {last, 0} end
--- Deliver them as XREADGROUP would, without passing their payloads
--- through Lua again: into this consumer's pending list (delivered once),
--- and the group's cursor past them.
-local claim = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
-for i = 1, n do claim[#claim + 1] = entries[i][1] end
-for _, o in ipairs({'RETRYCOUNT', 1, 'FORCE', 'JUSTID'}) do claim[#claim + 1] = o end
-redis.call(unpack(claim))
-redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], entries[n][1])
--- Small batches come back inline; large ones are read by the caller
--- straight from the pending list, sparing Lua the copies.
-local inline = bytes <= tonumber(ARGV[9])
-local out = {last, 0, #big}
-if not inline then out[2] = n - #big end
-for _, b in ipairs(big) do
-  local reason = 'message too large: ' .. size(b[3]) .. ', limit ' .. size(limit)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'm', b[2], 'reason', reason, 'at', ARGV[7])
-  redis.call('XACK', KEYS[1], ARGV[1], b[1])
-  redis.call('XDEL', KEYS[1], b[1])
-  out[#out + 1] = b[1]
-  out[#out + 1] = b[2]
-  out[#out + 1] = b[3]
+-- Which levels have waiting messages, and how old their oldest is.
+local ready = {}
+for k = 1, #KEYS, 2 do
+  if redis.call('XLEN', KEYS[k]) > 0 then
+    local last = last_delivered(KEYS[k])
+    if not last then return redis.error_reply('NOGROUP no group on ' .. KEYS[k]) end
+    local head = redis.call('XRANGE', KEYS[k], '(' .. last, '+', 'COUNT', 1)
+    if #head > 0 then
+      local born = tonumber(string.match(head[1][1], '^(%d+)'))
+      local level = tonumber(ARGV[10 + (k + 1) / 2])
+      ready[#ready + 1] = {k = k, last = last, born = born, rank = level * aging + (now - born)}
+    end
+  end
 end
-if inline then
-  for i = 1, n do
-    if #payloads[i] <= limit then
-      out[#out + 1] = entries[i][1]
-      out[#out + 1] = payloads[i]
+table.sort(ready, function(a, b)
+  if a.rank ~= b.rank then return a.rank > b.rank end
+  return a.born < b.born
+end)
+local out = {0}
+local left, bytes_left = max, budget
+for _, r in ipairs(ready) do
+  if left <= 0 or (bytes_left <= 0 and left < max) then break end
+  local stream, dlq = KEYS[r.k], KEYS[r.k + 1]
+  local entries = redis.call('XRANGE', stream, '(' .. r.last, '+', 'COUNT', left)
+  local bytes, n, big, payloads = 0, 0, {}, {}
+  for _, e in ipairs(entries) do
+    local m = ''
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'm' then m = f[i + 1] end
+    end
+    local cost = #m
+    if cost > limit then cost = keep end
+    if (n > 0 or left < max) and bytes + cost > bytes_left then break end
+    bytes = bytes + cost
+    n = n + 1
+    payloads[n] = m
+    if #m > limit then big[#big + 1] = {e[1], string.sub(m, 1, keep), #m} end
+  end
+  if n > 0 then
+    left = left - n
+    bytes_left = bytes_left - bytes
+    local claim = {'XCLAIM', stream, ARGV[1], ARGV[2], 0}
+    for i = 1, n do claim[#claim + 1] = entries[i][1] end
+    for _, o in ipairs({'RETRYCOUNT', 1, 'FORCE', 'JUSTID'}) do claim[#claim + 1] = o end
+    redis.call(unpack(claim))
+    redis.call('XGROUP', 'SETID', stream, ARGV[1], entries[n][1])
+    local inline = bytes <= tonumber(ARGV[9])
+    local pending, inlined = 0, 0
+    if inline then inlined = n - #big else pending = n - #big end
+    out[1] = out[1] + 1
+    for _, v in ipairs({r.k, r.last, pending, #big, inlined}) do out[#out + 1] = v end
+    for _, b in ipairs(big) do
+      local reason = 'message too large: ' .. size(b[3]) .. ', limit ' .. size(limit)
+      redis.call('XADD', dlq, 'MAXLEN', '~', ARGV[8], '*', 'm', b[2], 'reason', reason, 'at', ARGV[7])
+      redis.call('XACK', stream, ARGV[1], b[1])
+      redis.call('XDEL', stream, b[1])
+      out[#out + 1] = b[1]
+      out[#out + 1] = b[2]
+      out[#out + 1] = b[3]
+    end
+    if inline then
+      for i = 1, n do
+        if #payloads[i] <= limit then
+          out[#out + 1] = entries[i][1]
+          out[#out + 1] = payloads[i]
+        end
+      end
     end
   end
 end
@@ -300,6 +342,33 @@ end
 return out
 "#;
 
+/// Rate limits as a virtual schedule (GCRA with no burst): KEYS[1] holds
+/// the time the next call of the task may start; a call reserves it and
+/// moves it `every` later. A call that must wait keeps its reservation
+/// under KEYS[2] (by task id) so that, when it comes back, it goes without
+/// reserving again. Redis' clock, so workers' clocks need not agree.
+/// Returns the milliseconds to wait.
+const RATE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local every = tonumber(ARGV[1])
+local held = redis.call('GET', KEYS[2])
+if held then
+  local at = tonumber(held)
+  if at <= now + 2 then
+    redis.call('DEL', KEYS[2])
+    return 0
+  end
+  return at - now
+end
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+local start = math.max(next, now)
+redis.call('SET', KEYS[1], start + every, 'PX', start + every - now + 1000)
+if start <= now then return 0 end
+redis.call('SET', KEYS[2], start, 'PX', start - now + 600000)
+return start - now
+"#;
+
 /// Removes consumers that hold nothing and were idle at least ARGV[2] ms,
 /// or the one named ARGV[3] if it holds nothing. Deleting a consumer that
 /// holds messages would drop them from the pending list, so never that.
@@ -340,9 +409,12 @@ pub struct RedisBroker {
     renew: Script,
     complete: Script,
     apply: Script,
+    rate: Script,
     prune: Script,
     /// The last fetch suggested more messages are waiting.
     backlog: AtomicBool,
+    /// How much waiting is worth one priority level (see [`FETCH_LUA`]).
+    aging: Duration,
 }
 
 impl RedisBroker {
@@ -403,8 +475,10 @@ impl RedisBroker {
             renew: Script::new(RENEW_LUA),
             complete: Script::new(&format!("{EFFECTS_LUA}{COMPLETE_LUA}")),
             apply: Script::new(&format!("{EFFECTS_LUA}{APPLY_LUA}")),
+            rate: Script::new(RATE_LUA),
             prune: Script::new(PRUNE_LUA),
             backlog: AtomicBool::new(true),
+            aging: PRIORITY_AGING,
         })
     }
 
@@ -433,8 +507,9 @@ impl RedisBroker {
             .iter()
             .map(|l| {
                 let m = &l.message;
-                if !queues.contains(&m.queue.as_str()) {
-                    queues.push(&m.queue);
+                let base = split_level(&m.queue).0;
+                if !queues.contains(&base) {
+                    queues.push(base);
                 }
                 match m.due_ms.filter(|d| *d > now) {
                     Some(due) => [self.delayed(&m.queue), m.payload.clone(), due.to_string()],
@@ -482,16 +557,24 @@ impl RedisBroker {
         format!("{}{name}", self.prefix)
     }
 
+    /// A level's stream: `queue:{q}` for priority 0, `queue:{q}:p` above.
     fn stream(&self, queue: &str) -> String {
-        format!("{}queue:{{{queue}}}", self.prefix)
+        match split_level(queue) {
+            (q, 0) => format!("{}queue:{{{q}}}", self.prefix),
+            (q, p) => format!("{}queue:{{{q}}}:{p}", self.prefix),
+        }
     }
 
     fn delayed(&self, queue: &str) -> String {
-        format!("{}delayed:{{{queue}}}", self.prefix)
+        match split_level(queue) {
+            (q, 0) => format!("{}delayed:{{{q}}}", self.prefix),
+            (q, p) => format!("{}delayed:{{{q}}}:{p}", self.prefix),
+        }
     }
 
+    /// One dead-letter stream per queue, whatever the level.
     fn dlq(&self, queue: &str) -> String {
-        format!("{}dlq:{{{queue}}}", self.prefix)
+        format!("{}dlq:{{{}}}", self.prefix, split_level(queue).0)
     }
 
     fn result_key(&self, id: &str) -> String {
@@ -647,8 +730,9 @@ impl RedisBroker {
     }
 
     /// Ready messages within `limits`, through [`FETCH_LUA`] (one call per
-    /// queue, pipelined), then their payloads in one plain read per queue;
-    /// all on the fetch connection.
+    /// queue covering its priority levels, pipelined), then the payloads
+    /// of large batches in one plain read per level; all on the fetch
+    /// connection. `queues` are levels (see `message::levels`).
     async fn fetch_ready(
         &self,
         queues: &[String],
@@ -656,10 +740,22 @@ impl RedisBroker {
         limits: FetchLimits,
     ) -> BrokerResult<Vec<Delivery>> {
         let now = now_ms();
-        let calls: Vec<redis::Cmd> = queues
+        // Levels of one queue side by side, as `levels` lists them.
+        let mut groups: Vec<Vec<&String>> = Vec::new();
+        for q in queues {
+            match groups.last_mut() {
+                Some(g) if split_level(g[0]).0 == split_level(q).0 => g.push(q),
+                _ => groups.push(vec![q]),
+            }
+        }
+        let calls: Vec<redis::Cmd> = groups
             .iter()
-            .map(|q| {
-                let mut c = evalsha(&self.fetch, &[self.stream(q), self.dlq(q)]);
+            .map(|levels| {
+                let keys: Vec<String> = levels
+                    .iter()
+                    .flat_map(|q| [self.stream(q), self.dlq(q)])
+                    .collect();
+                let mut c = evalsha(&self.fetch, &keys);
                 c.arg(GROUP)
                     .arg(consumer)
                     .arg(limits.max.max(1))
@@ -668,7 +764,11 @@ impl RedisBroker {
                     .arg(OVERSIZE_PREFIX)
                     .arg(now)
                     .arg(DLQ_CAP)
-                    .arg(INLINE_BYTES);
+                    .arg(INLINE_BYTES)
+                    .arg(celeriac_protocol::clock::millis(self.aging).max(1));
+                for q in levels {
+                    c.arg(split_level(q).1);
+                }
                 c
             })
             .collect();
@@ -676,7 +776,7 @@ impl RedisBroker {
         let mut out = Vec::new();
         let mut reads = Vec::new();
         let mut missing_group = false;
-        for (q, reply) in queues
+        for (levels, reply) in groups
             .iter()
             .zip(eval_on(&mut conn, &self.fetch, &calls).await?)
         {
@@ -690,33 +790,45 @@ impl RedisBroker {
                 Err(e) => return Err(e),
             };
             let mut it = items.into_iter();
-            let (Some(last), Some(pending), Some(oversized)) = (
-                it.next().as_ref().and_then(as_string),
-                it.next().as_ref().and_then(as_u64),
-                it.next().as_ref().and_then(as_u64),
-            ) else {
-                continue;
-            };
-            // Oversized: already dead-lettered by the script; the worker
-            // still records the failure.
-            for _ in 0..oversized {
-                if let (Some(id), Some(prefix), Some(size)) = (
-                    it.next().as_ref().and_then(as_string),
-                    it.next().and_then(into_string),
+            let served = it.next().as_ref().and_then(as_u64).unwrap_or(0);
+            for _ in 0..served {
+                let (Some(k), Some(last), Some(pending), Some(oversized), Some(inline)) = (
                     it.next().as_ref().and_then(as_u64),
-                ) {
-                    let mut d = Delivery::new(q, id, prefix, 1);
-                    d.size = usize::try_from(size).unwrap_or(usize::MAX).max(d.size + 1);
-                    out.push(d);
+                    it.next().as_ref().and_then(as_string),
+                    it.next().as_ref().and_then(as_u64),
+                    it.next().as_ref().and_then(as_u64),
+                    it.next().as_ref().and_then(as_u64),
+                ) else {
+                    break;
+                };
+                // Key index 1, 3, 5… → level 0, 1, 2… of this call.
+                let Some(q) = levels.get((k as usize).saturating_sub(1) / 2) else {
+                    break;
+                };
+                // Oversized: already dead-lettered by the script; the
+                // worker still records the failure.
+                for _ in 0..oversized {
+                    if let (Some(id), Some(prefix), Some(size)) = (
+                        it.next().as_ref().and_then(as_string),
+                        it.next().and_then(into_string),
+                        it.next().as_ref().and_then(as_u64),
+                    ) {
+                        let mut d = Delivery::new(q, id, prefix, 1);
+                        d.size = usize::try_from(size).unwrap_or(usize::MAX).max(d.size + 1);
+                        out.push(d);
+                    }
                 }
-            }
-            while let (Some(id), Some(payload)) = (it.next(), it.next()) {
-                if let (Some(id), Some(payload)) = (as_string(&id), into_string(payload)) {
-                    out.push(Delivery::new(q, id, payload, 1));
+                for _ in 0..inline {
+                    if let (Some(id), Some(payload)) = (
+                        it.next().as_ref().and_then(as_string),
+                        it.next().and_then(into_string),
+                    ) {
+                        out.push(Delivery::new(q, id, payload, 1));
+                    }
                 }
-            }
-            if pending > 0 {
-                reads.push((q, last, pending));
+                if pending > 0 {
+                    reads.push((*q, last, pending));
+                }
             }
         }
         if !reads.is_empty() {
@@ -988,8 +1100,9 @@ impl Broker for RedisBroker {
                         .ignore();
                 }
             }
-            if !queues.contains(&m.queue.as_str()) {
-                queues.push(&m.queue);
+            let base = split_level(&m.queue).0;
+            if !queues.contains(&base) {
+                queues.push(base);
             }
         }
         pipe.sadd(self.key("queues"), queues).ignore();
@@ -1001,7 +1114,9 @@ impl Broker for RedisBroker {
         for q in queues {
             self.create_group(q).await?;
         }
-        let _: () = self.conn().sadd(self.key("queues"), queues).await?;
+        let mut bases: Vec<&str> = queues.iter().map(|q| split_level(q).0).collect();
+        bases.dedup();
+        let _: () = self.conn().sadd(self.key("queues"), bases).await?;
         Ok(())
     }
 
@@ -1079,18 +1194,18 @@ impl Broker for RedisBroker {
     }
 
     async fn promote_due(&self, queues: &[String], now: u64) -> BrokerResult<usize> {
+        // One round trip for every level of every queue.
+        let calls: Vec<redis::Cmd> = queues
+            .iter()
+            .map(|q| {
+                let mut c = evalsha(&self.promote, &[self.delayed(q), self.stream(q)]);
+                c.arg(now).arg(PROMOTE_BATCH);
+                c
+            })
+            .collect();
         let mut moved = 0;
-        let mut conn = self.conn();
-        for q in queues {
-            let n: usize = self
-                .promote
-                .key(self.delayed(q))
-                .key(self.stream(q))
-                .arg(now)
-                .arg(PROMOTE_BATCH)
-                .invoke_async(&mut conn)
-                .await?;
-            moved += n;
+        for r in self.eval_many(&self.promote, &calls).await? {
+            moved += as_u64(&r?).unwrap_or(0) as usize;
         }
         Ok(moved)
     }
@@ -1364,6 +1479,71 @@ impl Broker for RedisBroker {
         })
     }
 
+    async fn rate_acquire(
+        &self,
+        task: &str,
+        task_id: &str,
+        every: Duration,
+    ) -> BrokerResult<Duration> {
+        let wait: u64 = self
+            .rate
+            .key(self.key(&format!("rate:{task}")))
+            .key(self.key(&format!("rate-slot:{task_id}")))
+            .arg(celeriac_protocol::clock::millis(every).max(1))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(Duration::from_millis(wait))
+    }
+
+    async fn revoke(&self, ids: &[String], ttl: Duration, terminate: bool) -> BrokerResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let until = now.saturating_add(celeriac_protocol::clock::millis(ttl));
+        let key = self.key("revoked");
+        let note = serde_json::to_string(&Revocation {
+            ids: ids.to_vec(),
+            terminate,
+        })
+        .map_err(|e| BrokerError::Corrupt(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for id in ids {
+            pipe.zadd(&key, id, until).ignore();
+        }
+        let _: () = pipe
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .publish(&key, note)
+            .ignore()
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn revoked(&self) -> BrokerResult<Vec<String>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key("revoked"))
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn watch_revokes(&self) -> BrokerResult<RevokeWatch> {
+        let mut sub = self
+            .result_channels()
+            .await?
+            .subscribe(&self.key("revoked"))
+            .await?;
+        let rx = std::mem::replace(&mut sub.rx, tokio::sync::mpsc::unbounded_channel().1);
+        Ok(RevokeWatch::new(rx, Box::new(sub)))
+    }
+
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>> {
         Ok(self.conn().get(self.kv_key(module, key)).await?)
     }
@@ -1544,28 +1724,35 @@ impl Broker for RedisBroker {
     }
 
     async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats> {
-        let stream = self.stream(queue);
-        let (len, delayed, dead): (u64, u64, u64) = redis::pipe()
-            .xlen(&stream)
-            .zcard(self.delayed(queue))
-            .xlen(self.dlq(queue))
-            .query_async(&mut self.conn())
-            .await?;
-        let pending: Result<Value, RedisError> = redis::cmd("XPENDING")
-            .arg(&stream)
-            .arg(GROUP)
-            .query_async(&mut self.conn())
-            .await;
-        let in_flight = match pending {
-            Ok(Value::Array(v)) => v.first().and_then(as_u64).unwrap_or(0),
-            _ => 0,
-        };
+        // Every priority level of the queue, summed.
+        let levels = levels(split_level(queue).0);
+        let mut pipe = redis::pipe();
+        for l in &levels {
+            pipe.xlen(self.stream(l)).zcard(self.delayed(l));
+        }
+        pipe.xlen(self.dlq(queue));
+        let counts: Vec<u64> = pipe.query_async(&mut self.conn()).await?;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for l in &levels {
+            pipe.cmd("XPENDING").arg(self.stream(l)).arg(GROUP);
+        }
+        let pending: Vec<RedisResult<Value>> = pipe.query_async(&mut self.conn()).await?;
+        let in_flight: u64 = pending
+            .iter()
+            .map(|p| match p {
+                Ok(Value::Array(v)) => v.first().and_then(as_u64).unwrap_or(0),
+                _ => 0,
+            })
+            .sum();
+        let len: u64 = counts.iter().step_by(2).take(levels.len()).sum();
+        let delayed: u64 = counts.iter().skip(1).step_by(2).take(levels.len()).sum();
         Ok(QueueStats {
-            queue: queue.to_string(),
+            queue: split_level(queue).0.to_string(),
             ready: len.saturating_sub(in_flight),
             delayed,
             in_flight,
-            dead,
+            dead: counts.last().copied().unwrap_or(0),
         })
     }
 

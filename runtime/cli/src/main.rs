@@ -78,8 +78,10 @@ enum Command {
     Workflow(workflow::Args),
     /// Consume queues and run tasks.
     Worker(worker::Args),
-    /// Show a task's result record.
+    /// Show a task's result record (or a workflow's state by its root id).
     Result(result::Args),
+    /// Stop tasks or workflows from running (--terminate: running ones too).
+    Revoke(revoke::Args),
     /// Queue depths and live workers.
     Status(status::Args),
     /// Manage dead letters: list, requeue, purge.
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
         Command::Components(a) => components::run(a),
         Command::Submit(a) => submit::run(a),
         Command::Workflow(a) => workflow::run(a),
+        Command::Revoke(a) => revoke::run(a),
         Command::Worker(a) => worker::run(a),
         Command::Result(a) => result::run(a),
         Command::Status(a) => status::run(a),

@@ -334,7 +334,7 @@ pub(crate) fn outgoing(msg: &TaskMessage) -> Result<Outgoing, ClientError> {
         return Err(ClientError::TooLarge(payload.len()));
     }
     Ok(Outgoing {
-        queue: msg.queue.clone(),
+        queue: message::level_queue(&msg.queue, msg.priority),
         payload,
         due_ms: msg.eta,
     })

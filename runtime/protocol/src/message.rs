@@ -314,6 +314,33 @@ pub fn valid_queue_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// Where a message of `priority` waits within `queue`: the queue itself
+/// for 0, `queue@p` above (a name no producer can give: queue names have
+/// no `@`).
+pub fn level_queue(queue: &str, priority: u8) -> String {
+    if priority == 0 {
+        queue.to_string()
+    } else {
+        format!("{queue}@{priority}")
+    }
+}
+
+/// A level's queue and priority (see [`level_queue`]).
+pub fn split_level(name: &str) -> (&str, u8) {
+    match name.rsplit_once('@') {
+        Some((q, p)) => (q, p.parse().unwrap_or(0)),
+        None => (name, 0),
+    }
+}
+
+/// Every level of `queue`, highest first: `q@9` … `q@1`, `q`.
+pub fn levels(queue: &str) -> Vec<String> {
+    (0..=bounds::MAX_PRIORITY)
+        .rev()
+        .map(|p| level_queue(queue, p))
+        .collect()
+}
+
 /// A fresh task id (a random UUID).
 pub fn new_task_id() -> String {
     uuid::Uuid::new_v4().to_string()

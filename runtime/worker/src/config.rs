@@ -41,6 +41,9 @@ pub struct WorkerConfig {
     /// Write a STARTED record when a task starts (one more write per task,
     /// as Celery's task_track_started).
     pub track_started: bool,
+    /// Task name → least time between two of its calls, across every
+    /// worker sharing the broker.
+    pub rate_limits: std::collections::HashMap<String, Duration>,
 }
 
 impl WorkerConfig {
@@ -69,6 +72,7 @@ impl Default for WorkerConfig {
             grace: Duration::from_secs(30),
             heartbeat: Duration::from_secs(2),
             track_started: false,
+            rate_limits: Default::default(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //!   run again.
 
 use celeriac_broker::{Disposition, Effects, GroupReport, GroupState, Launched, Outgoing};
-use celeriac_protocol::message::TaskMessage;
+use celeriac_protocol::message::{TaskMessage, level_queue};
 use celeriac_protocol::record::{ErrorInfo, ResultRecord, TaskState};
 use celeriac_protocol::workflow::{
     Context, Failed, GROUP_TTL_SECS, JoinMessage, Launch, Member, Node, launch, record_ids,
@@ -380,7 +380,7 @@ pub(crate) fn launch_into(
         .extend(out.messages.into_iter().map(|m| Launched {
             task_id: m.id.clone(),
             message: Outgoing {
-                queue: m.queue.clone(),
+                queue: level_queue(&m.queue, m.priority),
                 due_ms: m.eta,
                 payload: m.to_json(),
             },

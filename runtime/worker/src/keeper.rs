@@ -78,8 +78,7 @@ impl Worker {
         let vt = self.config.visibility_timeout;
         let watch = Watch::for_timeout(vt);
         let mut orphans: HashMap<String, Orphans> = self
-            .config
-            .queues
+            .levels
             .iter()
             .map(|q| (q.clone(), Orphans::new(watch)))
             .collect();
@@ -95,7 +94,7 @@ impl Worker {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = promote.tick() => {
-                    if let Err(e) = self.broker.promote_due(&self.config.queues, now_ms()).await {
+                    if let Err(e) = self.broker.promote_due(&self.levels, now_ms()).await {
                         tracing::debug!(error = %e, "promoting delayed messages failed");
                     }
                 }
@@ -127,7 +126,7 @@ impl Worker {
                 _ = prune.tick() => {
                     // Consumers of dead workers, once they hold nothing.
                     let idle = (vt * 2).max(Duration::from_secs(2));
-                    for q in &self.config.queues {
+                    for q in &self.levels {
                         match self.broker.prune_consumers(q, idle, None).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(queue = %q, removed = n, "removed consumers of gone workers"),

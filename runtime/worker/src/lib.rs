@@ -26,6 +26,7 @@ mod kv;
 mod leases;
 mod metrics;
 mod pacing;
+mod revocations;
 mod settle;
 mod slots;
 
@@ -72,6 +73,9 @@ pub struct Worker {
     processed: AtomicU64,
     mean_runtime: pacing::MeanRuntime,
     store: StoreHealth,
+    /// Every priority level of every queue consumed, highest first.
+    levels: Vec<String>,
+    revocations: Arc<revocations::Revocations>,
     started_at: u64,
     host: String,
 }
@@ -83,6 +87,11 @@ impl Worker {
         trust: TrustStore,
         config: WorkerConfig,
     ) -> Arc<Self> {
+        let levels = config
+            .queues
+            .iter()
+            .flat_map(|q| celeriac_protocol::message::levels(q))
+            .collect();
         Arc::new(Self {
             components: ComponentCache::new(broker.clone(), sandbox.clone(), trust),
             broker,
@@ -94,6 +103,8 @@ impl Worker {
             processed: AtomicU64::new(0),
             mean_runtime: Default::default(),
             store: StoreHealth::default(),
+            levels,
+            revocations: Default::default(),
             started_at: now_ms(),
             host: hostname(),
         })
@@ -158,6 +169,20 @@ impl Worker {
             stop_running: CancellationToken::new(),
         };
         self.declare_with_retry(&shutdown).await;
+        // Revocations before the first fetch: a revoked task in the queue
+        // must not slip through while they load.
+        let _ = until_ok(
+            "cannot read revocations",
+            &shutdown,
+            |_| true,
+            || self.revocations.load(self.broker.as_ref()),
+        )
+        .await;
+        let revokes = tokio::spawn(
+            self.revocations
+                .clone()
+                .keep(self.broker.clone(), keeper_stop.clone()),
+        );
         tracing::info!(worker = %self.config.id, queues = ?self.config.queues, concurrency = self.config.concurrency, broker = %self.broker.describe(), "worker started");
 
         let concurrency = self.config.concurrency.max(1) as usize;
@@ -208,7 +233,7 @@ impl Worker {
             match self
                 .broker
                 .fetch(
-                    &self.config.queues,
+                    &self.levels,
                     &self.config.id,
                     limits,
                     Duration::from_secs(1),
@@ -253,6 +278,7 @@ impl Worker {
         keeper_stop.cancel();
         let _ = keeper.await;
         let _ = leases.await;
+        let _ = revokes.await;
         // Anything taken over while shutting down goes straight back.
         while let Ok(d) = reclaimed_rx.try_recv() {
             self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
@@ -260,7 +286,7 @@ impl Worker {
         while tasks.join_next().await.is_some() {}
         drop(done_tx);
         let requeued = finisher.await.unwrap_or(0);
-        for q in &self.config.queues {
+        for q in &self.levels {
             // Holding nothing now: this worker's consumer can go.
             if let Err(e) = self
                 .broker
@@ -285,7 +311,7 @@ impl Worker {
             "cannot declare queues",
             shutdown,
             |_| true,
-            || self.broker.declare(&self.config.queues),
+            || self.broker.declare(&self.levels),
         )
         .await;
     }
@@ -347,6 +373,13 @@ impl Worker {
     /// message ends as a dead letter with the reason.
     async fn process(&self, delivery: &Delivery) -> Completion {
         let (msg, verdict) = match admit(delivery, &self.config, now_ms()) {
+            Admission::Run(task) if self.revocations.is_revoked(&task.msg) => {
+                let _span = task_span(&task.msg).entered();
+                tracing::info!("revoked: not run");
+                let verdict =
+                    settle::revoked(&task.msg, "revoked before it ran", &self.config, now_ms());
+                (Some(task.msg), verdict)
+            }
             Admission::Run(task) => {
                 let span = task_span(&task.msg);
                 let verdict = self.resolve_and_run(&task).instrument(span).await;
@@ -395,6 +428,27 @@ impl Worker {
 
     async fn resolve_and_run(&self, task: &Admitted) -> Verdict {
         let msg = &task.msg;
+        if let Some(every) = self.config.rate_limits.get(&msg.task) {
+            // Over the limit: back to the broker until its reserved turn,
+            // holding no slot meanwhile.
+            match self.broker.rate_acquire(&msg.task, &msg.id, *every).await {
+                Ok(wait) if wait > Duration::from_millis(2) => {
+                    tracing::debug!(?wait, "rate limited");
+                    return settle::delayed(msg, now_ms() + celeriac_protocol::clock::millis(wait));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check the rate limit; requeueing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return settle::unresolved(
+                        msg,
+                        &LoadError::Transient(e.to_string()),
+                        &self.config,
+                        now_ms(),
+                    );
+                }
+            }
+        }
         // Only a component a trusted key signed as this module comes back.
         let component = match self.components.get(&msg.digest, task.module()).await {
             Ok(c) => c,
@@ -437,10 +491,23 @@ impl Worker {
                 tracing::warn!(error = %e, "could not record STARTED");
             }
         }
-        let report = match &msg.map {
-            None => self.sandbox.run(&component.loaded, &call, &limits).await,
-            Some(map) => map_calls(&self.sandbox, &component.loaded, call, map, &limits).await,
+        let running = self.revocations.start(msg);
+        let run = async {
+            match &msg.map {
+                None => self.sandbox.run(&component.loaded, &call, &limits).await,
+                Some(map) => map_calls(&self.sandbox, &component.loaded, call, map, &limits).await,
+            }
         };
+        // A terminating revoke drops the run: the guest yields at every
+        // epoch tick, so it stops within one, its store torn down whole.
+        let report = tokio::select! {
+            r = run => r,
+            _ = running.stop.cancelled() => {
+                self.processed.fetch_add(1, Ordering::Relaxed);
+                return settle::revoked(msg, "terminated by revoke while running", &self.config, now_ms());
+            }
+        };
+        drop(running);
         self.processed.fetch_add(1, Ordering::Relaxed);
         self.mean_runtime.record(report.elapsed);
         metrics::task_ran(&msg.task, report.elapsed, report.fuel_consumed);

@@ -165,6 +165,31 @@ pub(crate) fn effective_limits(ceiling: &Limits, msg: &TaskMessage) -> Limits {
     }
 }
 
+/// Revoked (before it ran, or stopped while running): REVOKED, acked.
+pub(crate) fn revoked(msg: &TaskMessage, why: &str, config: &WorkerConfig, now: u64) -> Verdict {
+    let mut record = record(msg, TaskState::Revoked, config, now);
+    record.error = Some(ErrorInfo {
+        kind: "revoked".into(),
+        message: why.into(),
+    });
+    Verdict {
+        record: Some(record),
+        disposition: Disposition::Ack,
+    }
+}
+
+/// Not yet (a rate limit): back to wait in the broker until `due_ms`,
+/// unchanged, with no record.
+pub(crate) fn delayed(msg: &TaskMessage, due_ms: u64) -> Verdict {
+    Verdict {
+        record: None,
+        disposition: Disposition::Retry {
+            payload: msg.to_json(),
+            due_ms,
+        },
+    }
+}
+
 /// The component a message pins could not be had.
 pub(crate) fn unresolved(
     msg: &TaskMessage,

@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod inspect;
 pub mod keygen;
 pub mod result;
+pub mod revoke;
 pub mod run;
 pub mod sign;
 pub mod status;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::PolicyArgs;
 use crate::common::{BrokerArgs, LimitArgs};
+use crate::settings::SettingsArgs;
 
 use celeriac_client::validate_queue;
 use celeriac_protocol::Backoff;
@@ -25,7 +26,12 @@ pub struct Args {
     #[arg(long, env = "CELERIAC_TRUST")]
     trust: PathBuf,
     /// Queues to consume, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "default")]
+    #[arg(
+        long,
+        env = "CELERIAC_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
     queues: Vec<String>,
     /// Tasks run at once.
     #[arg(long, default_value_t = 2)]
@@ -90,6 +96,9 @@ pub struct Args {
     /// Worker id (default host-pid-random).
     #[arg(long)]
     id: Option<String>,
+    /// Rate limits (and the settings file they may come from).
+    #[command(flatten)]
+    settings: SettingsArgs,
     #[command(flatten)]
     broker: BrokerArgs,
 }
@@ -106,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.visibility_timeout < Duration::from_secs(1) {
         anyhow::bail!("--visibility-timeout must be at least 1s");
     }
+    let settings = args.settings.load()?;
     let trust = TrustStore::load(&args.trust)?;
     let concurrency = args.concurrency.max(1);
     if args.max_components == 0 {
@@ -146,6 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         grace: args.grace,
         heartbeat: Duration::from_secs(2),
         track_started: args.track_started,
+        rate_limits: settings.rate_limits.into_iter().collect(),
     };
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
