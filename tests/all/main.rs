@@ -7,6 +7,7 @@
 mod support;
 
 mod broker;
+mod control;
 mod capabilities;
 mod cli;
 mod hardening;

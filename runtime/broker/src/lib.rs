@@ -620,8 +620,33 @@ pub trait Broker: Send + Sync + 'static {
     async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>>;
 }
 
+/// How a broker serves its consumers.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Waiting this long ranks a message one priority level higher, so
+    /// that no level starves (see `RedisBroker`'s fetch).
+    pub priority_aging: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        Self {
+            priority_aging: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Connect to the broker at `url`: `redis://…`, `rediss://…` or `memory://`.
 pub async fn connect(url: &str, prefix: &str) -> BrokerResult<Arc<dyn Broker>> {
+    connect_with(url, prefix, &BrokerOptions::default()).await
+}
+
+/// As [`connect`], with options.
+pub async fn connect_with(
+    url: &str,
+    prefix: &str,
+    options: &BrokerOptions,
+) -> BrokerResult<Arc<dyn Broker>> {
     if url == "memory://" || url.starts_with("memory://") {
         return Ok(Arc::new(MemoryBroker::new()));
     }
@@ -630,7 +655,11 @@ pub async fn connect(url: &str, prefix: &str) -> BrokerResult<Arc<dyn Broker>> {
         || url.starts_with("redis+unix://")
         || url.starts_with("unix://")
     {
-        return Ok(Arc::new(RedisBroker::connect(url, prefix).await?));
+        return Ok(Arc::new(
+            RedisBroker::connect(url, prefix)
+                .await?
+                .with_priority_aging(options.priority_aging),
+        ));
     }
     Err(BrokerError::Url {
         url: redact(url),
@@ -645,6 +674,7 @@ pub async fn connect(url: &str, prefix: &str) -> BrokerResult<Arc<dyn Broker>> {
 pub async fn connect_with_retry(
     url: &str,
     prefix: &str,
+    options: &BrokerOptions,
     stop: &tokio_util::sync::CancellationToken,
 ) -> BrokerResult<Option<Arc<dyn Broker>>> {
     let what = format!("broker {} unreachable", redact(url));
@@ -652,7 +682,7 @@ pub async fn connect_with_retry(
         &what,
         stop,
         |e| !matches!(e, BrokerError::Url { .. }),
-        || connect(url, prefix),
+        || connect_with(url, prefix, options),
     )
     .await
 }

@@ -63,11 +63,6 @@ const PROMOTE_BATCH: u64 = 1_000;
 /// that much earlier. This process's own uploads are seen at once.
 const MODULE_TTL: Duration = Duration::from_secs(1);
 
-/// How long a waiting message must have waited to rank one priority level
-/// higher (see [`FETCH_LUA`]): a priority-0 message waits at most about
-/// 9 × this behind a flood of fresh priority-9 ones.
-pub const PRIORITY_AGING: Duration = Duration::from_secs(1);
-
 /// Moves due messages from `delayed:{q}` to `queue:{q}` atomically, so two
 /// workers never move the same message twice.
 const PROMOTE_LUA: &str = r#"
@@ -478,8 +473,14 @@ impl RedisBroker {
             rate: Script::new(RATE_LUA),
             prune: Script::new(PRUNE_LUA),
             backlog: AtomicBool::new(true),
-            aging: PRIORITY_AGING,
+            aging: crate::BrokerOptions::default().priority_aging,
         })
+    }
+
+    /// See [`crate::BrokerOptions::priority_aging`].
+    pub fn with_priority_aging(mut self, aging: Duration) -> Self {
+        self.aging = aging.max(Duration::from_millis(1));
+        self
     }
 
     /// Run the same script once per item in one pipeline (EVALSHA), with

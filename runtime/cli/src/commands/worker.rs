@@ -93,6 +93,11 @@ pub struct Args {
     /// What tasks may reach over HTTP, and the configuration they may read.
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Waiting this long ranks a message one priority level higher: a task
+    /// runs before any task of a priority q levels higher that arrived more
+    /// than q × this after it, so no priority starves.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, env = "CELERIAC_PRIORITY_AGING", default_value = "1s")]
+    priority_aging: Duration,
     /// Worker id (default host-pid-random).
     #[arg(long)]
     id: Option<String>,
@@ -169,9 +174,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
         // Wait for the broker rather than give up: a worker started before
         // Redis (or during a restart) simply begins once it answers.
+        let options = celeriac_broker::BrokerOptions {
+            priority_aging: args.priority_aging,
+        };
         let connected = celeriac_broker::connect_with_retry(
             &args.broker.broker,
             &args.broker.prefix,
+            &options,
             &shutdown,
         )
         .await?;
