@@ -45,14 +45,22 @@ async fn higher_priorities_run_first() {
     for ids in [&high, &vec![mid], &low] {
         let mut at = Vec::new();
         for id in ids {
-            at.push(finished(b, id, Duration::from_secs(20)).await.started_at.unwrap());
+            at.push(
+                finished(b, id, Duration::from_secs(20))
+                    .await
+                    .started_at
+                    .unwrap(),
+            );
         }
         started.push(at);
     }
     // One at a time: every 9 before the 5, the 5 before every 0 (to the
     // millisecond the records keep), each level in submission order.
     let (h, m, l) = (&started[0], started[1][0], &started[2]);
-    assert!(h.iter().all(|&t| t <= m) && l.iter().all(|&t| t >= m), "{started:?}");
+    assert!(
+        h.iter().all(|&t| t <= m) && l.iter().all(|&t| t >= m),
+        "{started:?}"
+    );
     assert!(h.is_sorted() && l.is_sorted(), "{started:?}");
     // The queue is listed once, whatever its levels.
     let queues = b.queues().await.unwrap();
@@ -116,7 +124,10 @@ async fn a_low_priority_task_still_runs_under_a_flood_of_high_ones() {
         if let Some(h) = client::result(b.as_ref(), id).await.unwrap()
             && let Some(started) = h.started_at
         {
-            assert!(started >= ran, "task sent at {at} ran at {started}, before the low one ({ran})");
+            assert!(
+                started >= ran,
+                "task sent at {at} ran at {started}, before the low one ({ran})"
+            );
         }
     }
     eprintln!("priority 0 waited {} ms behind the flood", ran - born);
@@ -156,7 +167,10 @@ async fn a_rate_limit_holds_across_two_workers() {
     assert_eq!(workers.len(), 2, "both workers took part");
     // 10/s over 5 seconds: 50 starts, within 10 %.
     let t0 = starts[5];
-    let in_window = starts.iter().filter(|&&s| s >= t0 && s < t0 + 5_000).count();
+    let in_window = starts
+        .iter()
+        .filter(|&&s| s >= t0 && s < t0 + 5_000)
+        .count();
     assert!(
         (45..=55).contains(&in_window),
         "{in_window} starts in 5 s under a 10/s limit"
@@ -191,7 +205,10 @@ async fn revoked_tasks_never_run_even_after_a_worker_restart() {
         assert_eq!(r.state, TaskState::Revoked, "{r:?}");
         assert_eq!(r.error.unwrap().kind, "revoked");
     }
-    assert_eq!(finished(b, &kept, Duration::from_secs(10)).await.result, Some(json!(6)));
+    assert_eq!(
+        finished(b, &kept, Duration::from_secs(10)).await.result,
+        Some(json!(6))
+    );
     assert_eq!(w.worker.processed(), 1, "only the task not revoked ran");
 }
 
@@ -210,7 +227,10 @@ async fn terminate_stops_a_running_task_at_once() {
         ..quick_config("term")
     });
     // One spinning in wasm, one blocked in a host call (a sleep).
-    for (task, args) in [("misbehave.spin", json!([])), ("misbehave.sleep", json!([60_000]))] {
+    for (task, args) in [
+        ("misbehave.spin", json!([])),
+        ("misbehave.sleep", json!([60_000])),
+    ] {
         let id = submit(b, task, args, &on("term", 0)).await;
         reached(b, &id, TaskState::Started).await;
         let asked = Instant::now();
@@ -240,9 +260,13 @@ async fn revoking_a_workflow_revokes_what_has_not_run() {
     let run = workflow::run(b, &spec, &Defaults::default()).await.unwrap();
     let status = workflow::status(b, &run.root_id).await.unwrap().unwrap();
     reached(b, &status.members[0].id, TaskState::Started).await;
-    b.revoke(std::slice::from_ref(&run.root_id), Duration::from_secs(60), false)
-        .await
-        .unwrap();
+    b.revoke(
+        std::slice::from_ref(&run.root_id),
+        Duration::from_secs(60),
+        false,
+    )
+    .await
+    .unwrap();
     // The running step finishes; the next is revoked, and so is the end.
     let first = finished(b, &status.members[0].id, Duration::from_secs(10)).await;
     assert_eq!(first.state, TaskState::Success);
@@ -265,14 +289,25 @@ async fn a_unique_key_drops_duplicates_while_the_first_is_queued_or_running() {
         ..SubmitOptions::default()
     };
     let first = submit(b, "misbehave.sleep", json!([300]), &unique).await;
-    let dup = client::submit(b, crate::support::tasks::request("misbehave.sleep", json!([1])), &unique).await;
+    let dup = client::submit(
+        b,
+        crate::support::tasks::request("misbehave.sleep", json!([1])),
+        &unique,
+    )
+    .await;
     match dup {
         Err(ClientError::Duplicate { holder, .. }) => assert_eq!(holder, first),
         other => panic!("expected a duplicate, got {other:?}"),
     }
     // From the CLI: the holder's id, and nothing queued.
     let out = f.celeriac(&[
-        "submit", "misbehave.sleep", "[1]", "--queue", "uniq", "--unique-key", "nightly-report",
+        "submit",
+        "misbehave.sleep",
+        "[1]",
+        "--queue",
+        "uniq",
+        "--unique-key",
+        "nightly-report",
     ]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), first);
@@ -312,7 +347,13 @@ async fn routes_from_the_settings_file_and_batches_from_a_file() {
     let fib = id(f.celeriac(&["submit", "math.fib", "[10]", "--config", config]));
     // A --route flag comes before the file's.
     let upper = id(f.celeriac(&[
-        "submit", "text.upper", "[\"a\"]", "--config", config, "--route", "text.*=words",
+        "submit",
+        "text.upper",
+        "[\"a\"]",
+        "--config",
+        config,
+        "--route",
+        "text.*=words",
     ]));
     for (task, queue) in [(&add, "arith"), (&fib, "cpu"), (&upper, "words")] {
         let r = finished(b, task, Duration::from_secs(10)).await;
@@ -325,18 +366,36 @@ async fn routes_from_the_settings_file_and_batches_from_a_file() {
         "{\"task\": \"math.add\", \"args\": [1, 1]}\n\n{\"task\": \"math.mul\", \"args\": [3, 3], \"priority\": 7}\n{\"task\": \"text.upper\", \"args\": [\"x\"], \"queue\": \"words\"}\n",
     )
     .unwrap();
-    let out = f.celeriac(&["submit", "--batch", lines.to_str().unwrap(), "--config", config]);
+    let out = f.celeriac(&[
+        "submit",
+        "--batch",
+        lines.to_str().unwrap(),
+        "--config",
+        config,
+    ]);
     let ids: Vec<String> = id(out).lines().map(str::to_string).collect();
     assert_eq!(ids.len(), 3);
     let mut results = Vec::new();
     for i in &ids {
-        results.push(finished(b, i, Duration::from_secs(10)).await.result.unwrap());
+        results.push(
+            finished(b, i, Duration::from_secs(10))
+                .await
+                .result
+                .unwrap(),
+        );
     }
     assert_eq!(results, [json!(2), json!(9), json!("X")]);
     // A bad line names its place and sends nothing.
-    std::fs::write(&lines, "{\"task\": \"math.add\"}\n{\"task\": \"math.add\", \"argz\": []}\n").unwrap();
+    std::fs::write(
+        &lines,
+        "{\"task\": \"math.add\"}\n{\"task\": \"math.add\", \"argz\": []}\n",
+    )
+    .unwrap();
     let out = f.celeriac(&["submit", "--batch", lines.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("batch.jsonl:2:") && err.contains("argz"), "{err}");
+    assert!(
+        err.contains("batch.jsonl:2:") && err.contains("argz"),
+        "{err}"
+    );
 }

@@ -6,10 +6,11 @@
 
 mod support;
 
+mod beat;
 mod broker;
-mod control;
 mod capabilities;
 mod cli;
+mod control;
 mod hardening;
 mod harness;
 mod polyglot;

@@ -10,7 +10,7 @@ use celeriac_protocol::record::{ResultRecord, TaskState};
 use serde_json::{Value, json};
 
 use crate::support::Fixture;
-use crate::support::tasks::finished;
+use crate::support::tasks::{finished, reached};
 use crate::support::worker::quick_config;
 
 fn t(task: &str, args: Value) -> TaskSpec {
@@ -281,4 +281,56 @@ header = [
         err.contains("workflow.chord.header[0]: unknown field `tsak`"),
         "{err}"
     );
+}
+
+/// SIGKILL of the worker holding a member, then of the one holding the
+/// callback: nothing is lost, the group joins once, the callback's result
+/// is whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chord_survives_kills_of_member_and_callback_holders() {
+    let f = Fixture::new(&["misbehave"]).await;
+    let b = f.broker.as_ref();
+    let flags = [
+        "--track-started",
+        "--visibility-timeout",
+        "2s",
+        "--concurrency",
+        "2",
+    ];
+    let mut workers: Vec<_> = ["kill-a", "kill-b", "kill-c"]
+        .iter()
+        .map(|id| f.worker_process(id, &flags))
+        .collect();
+    for w in &workers {
+        w.ready(b).await;
+    }
+    let member = || task("misbehave.sleep", json!([1500]));
+    let spec = Spec::chord(
+        (0..6).map(|_| member()),
+        task("misbehave.hold", json!([3000])),
+    );
+    let run = run(&f, &spec).await;
+    let status = workflow::status(b, &run.root_id).await.unwrap().unwrap();
+    let first = &status.members[1].id; // [0] is the group itself
+    let started = reached(b, first, TaskState::Started).await;
+    let holder = workers.iter().position(|w| w.id == started.worker).unwrap();
+    workers[holder].signal("-KILL");
+    let started = reached(b, &run.final_id, TaskState::Started).await;
+    let holder = workers.iter().position(|w| w.id == started.worker).unwrap();
+    workers[holder].signal("-KILL");
+    let callback = finished(b, &run.final_id, Duration::from_secs(60)).await;
+    assert_eq!(callback.state, TaskState::Success, "{callback:?}");
+    assert_eq!(
+        callback.result,
+        Some(json!([1500, 1500, 1500, 1500, 1500, 1500]))
+    );
+    let joins: usize = workers
+        .iter()
+        .map(|w| w.log().matches("group joined").count())
+        .sum();
+    assert_eq!(joins, 1, "the group's join fired once");
+    for w in &mut workers {
+        let _ = w.child.kill();
+    }
+    assert_eq!(b.queue_stats("default").await.unwrap().dead, 0);
 }

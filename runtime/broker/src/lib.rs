@@ -261,6 +261,16 @@ pub struct ResultWrite {
     pub ttl: Duration,
 }
 
+/// What became of an attempt to fire a periodic run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatFire {
+    Fired,
+    /// This run (or a later one) was fired already.
+    AlreadyFired,
+    /// The lease is no longer this process's: it fired nothing.
+    Fenced,
+}
+
 /// Task (or workflow root) ids revoked together; with `terminate`,
 /// running ones are stopped too.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -588,6 +598,24 @@ pub trait Broker: Send + Sync + 'static {
     async fn revoked(&self) -> BrokerResult<Vec<String>>;
     /// Revocations from now on.
     async fn watch_revokes(&self) -> BrokerResult<RevokeWatch>;
+
+    // --- periodic schedules (`celeriac beat`) ---
+    /// Take or renew the beat lease for `holder`; `Some(token)` while it
+    /// holds it. A new lease gets a new, larger token.
+    async fn beat_lease(&self, holder: &str, ttl: Duration) -> BrokerResult<Option<String>>;
+    /// The last run fired of `entry` (Unix ms), starting its record at
+    /// `now` if it has none (a new entry does not fire its past).
+    async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64>;
+    /// Record run `slot` of `entry` as fired and enqueue `message` (none:
+    /// a skipped run), only while `token` is the lease's and the entry's
+    /// last run is older than `slot`.
+    async fn beat_fire(
+        &self,
+        token: &str,
+        entry: &str,
+        slot: u64,
+        message: Option<&Outgoing>,
+    ) -> BrokerResult<BeatFire>;
 
     // --- key-value state of task modules (each module its own namespace) ---
     async fn kv_get(&self, module: &str, key: &str) -> BrokerResult<Option<Vec<u8>>>;

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
-    Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
-    QueueStats, ResultWrite, Revocation, RevokeWatch, StoredComponent, WorkerInfo, signature_slot,
+    BeatFire, Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter,
+    Delivery, Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing,
+    Pending, QueueStats, ResultWrite, Revocation, RevokeWatch, StoredComponent, WorkerInfo,
+    signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::message::{levels, split_level};
@@ -47,6 +48,11 @@ struct State {
     rate_next: HashMap<String, Instant>,
     rate_slots: HashMap<String, Instant>,
     revoked: HashMap<String, Instant>,
+    /// Beat: the lease (`holder:token`, until), the last token, and each
+    /// entry's last run fired.
+    beat_lease: Option<(String, Instant)>,
+    beat_epoch: u64,
+    beat_last: HashMap<String, u64>,
     revoke_watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
     seq: u64,
 }
@@ -632,6 +638,60 @@ impl Broker for MemoryBroker {
                 Ok(None)
             }
         }
+    }
+
+    async fn beat_lease(&self, holder: &str, ttl: Duration) -> BrokerResult<Option<String>> {
+        let mut s = self.lock();
+        let now = Instant::now();
+        if let Some((token, until)) = &s.beat_lease
+            && *until > now
+        {
+            if token.rsplit_once(':').map(|(h, _)| h) == Some(holder) {
+                let token = token.clone();
+                s.beat_lease = Some((token.clone(), now + ttl));
+                return Ok(Some(token));
+            }
+            return Ok(None);
+        }
+        s.beat_epoch += 1;
+        let token = format!("{holder}:{}", s.beat_epoch);
+        s.beat_lease = Some((token.clone(), now + ttl));
+        Ok(Some(token))
+    }
+
+    async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64> {
+        Ok(*self
+            .lock()
+            .beat_last
+            .entry(entry.to_string())
+            .or_insert(now))
+    }
+
+    async fn beat_fire(
+        &self,
+        token: &str,
+        entry: &str,
+        slot: u64,
+        message: Option<&Outgoing>,
+    ) -> BrokerResult<BeatFire> {
+        let mut s = self.lock();
+        let held = s
+            .beat_lease
+            .as_ref()
+            .is_some_and(|(t, until)| t == token && *until > Instant::now());
+        if !held {
+            return Ok(BeatFire::Fenced);
+        }
+        if s.beat_last.get(entry).is_some_and(|last| *last >= slot) {
+            return Ok(BeatFire::AlreadyFired);
+        }
+        s.beat_last.insert(entry.to_string(), slot);
+        if let Some(m) = message {
+            s.put(m);
+        }
+        drop(s);
+        self.ready.notify_waiters();
+        Ok(BeatFire::Fired)
     }
 
     async fn revoke(&self, ids: &[String], ttl: Duration, terminate: bool) -> BrokerResult<()> {

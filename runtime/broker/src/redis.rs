@@ -24,6 +24,8 @@
 //! | `workflow:<root>` | string, EX | a workflow's description (its nodes and ids) |
 //! | `unique:<key>` | string, PX | the task id holding a unique-submission key |
 //! | `revoked` | zset, also a pub/sub channel | revoked task and workflow ids by expiry (Unix ms) |
+//! | `beat:lease`, `beat:epoch` | string PX, counter | the beat leader's `holder:token`; the last token given |
+//! | `beat:last:<entry>` | string | the last run of a periodic entry fired (Unix ms) |
 //! | `rate:<task>` | string, PX | when the next call of a rate-limited task may start (Unix ms) |
 //! | `rate-slot:<id>` | string, PX | a reserved start time of a task that had to wait |
 
@@ -39,9 +41,9 @@ use tokio::sync::Mutex;
 
 use super::results_pubsub::ResultChannels;
 use super::{
-    Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter, Delivery,
-    Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing, Pending,
-    QueueStats, ResultWrite, Revocation, RevokeWatch, WorkerInfo, redact, signature_slot,
+    BeatFire, Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter,
+    Delivery, Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing,
+    Pending, QueueStats, ResultWrite, Revocation, RevokeWatch, WorkerInfo, redact, signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::message::{levels, split_level};
@@ -364,6 +366,43 @@ redis.call('SET', KEYS[2], start, 'PX', start - now + 600000)
 return start - now
 "#;
 
+/// The beat lease: KEYS[1] holds `holder:n`, n from the counter KEYS[2]
+/// (the fencing token). Renews it for its holder, grants it when free,
+/// else answers nil.
+const LEASE_LUA: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if string.match(cur, '^(.*):%d+$') == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return cur
+  end
+  return false
+end
+local token = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"#;
+
+/// Fires one periodic run: only under the current lease token, and only
+/// if the entry's last run (KEYS[2]) is older; records it and enqueues
+/// the message (to the stream KEYS[3], or the delayed set when ARGV[5] is
+/// a due time). Returns 1 fired, 0 already fired, -1 fenced.
+const FIRE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local last = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  if ARGV[5] == '' then
+    redis.call('XADD', KEYS[3], '*', 'm', ARGV[3])
+  else
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[3])
+  end
+  redis.call('SADD', KEYS[4], ARGV[4])
+end
+return 1
+"#;
+
 /// Removes consumers that hold nothing and were idle at least ARGV[2] ms,
 /// or the one named ARGV[3] if it holds nothing. Deleting a consumer that
 /// holds messages would drop them from the pending list, so never that.
@@ -405,6 +444,8 @@ pub struct RedisBroker {
     complete: Script,
     apply: Script,
     rate: Script,
+    lease: Script,
+    fire: Script,
     prune: Script,
     /// The last fetch suggested more messages are waiting.
     backlog: AtomicBool,
@@ -471,6 +512,8 @@ impl RedisBroker {
             complete: Script::new(&format!("{EFFECTS_LUA}{COMPLETE_LUA}")),
             apply: Script::new(&format!("{EFFECTS_LUA}{APPLY_LUA}")),
             rate: Script::new(RATE_LUA),
+            lease: Script::new(LEASE_LUA),
+            fire: Script::new(FIRE_LUA),
             prune: Script::new(PRUNE_LUA),
             backlog: AtomicBool::new(true),
             aging: crate::BrokerOptions::default().priority_aging,
@@ -1477,6 +1520,76 @@ impl Broker for RedisBroker {
         Ok(match set {
             Some(_) => None,
             None => Some(holder.unwrap_or_default()),
+        })
+    }
+
+    async fn beat_lease(&self, holder: &str, ttl: Duration) -> BrokerResult<Option<String>> {
+        Ok(self
+            .lease
+            .key(self.key("beat:lease"))
+            .key(self.key("beat:epoch"))
+            .arg(holder)
+            .arg(celeriac_protocol::clock::millis(ttl).max(1))
+            .invoke_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64> {
+        let key = self.key(&format!("beat:last:{entry}"));
+        let (last,): (u64,) = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(now)
+            .arg("NX")
+            .ignore()
+            .get(&key)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(last)
+    }
+
+    async fn beat_fire(
+        &self,
+        token: &str,
+        entry: &str,
+        slot: u64,
+        message: Option<&Outgoing>,
+    ) -> BrokerResult<BeatFire> {
+        let now = now_ms();
+        let (target, payload, queue, due) = match message {
+            Some(m) => match m.due_ms.filter(|d| *d > now) {
+                Some(due) => (
+                    self.delayed(&m.queue),
+                    m.payload.as_str(),
+                    split_level(&m.queue).0,
+                    due.to_string(),
+                ),
+                None => (
+                    self.stream(&m.queue),
+                    m.payload.as_str(),
+                    split_level(&m.queue).0,
+                    String::new(),
+                ),
+            },
+            None => (self.key("beat:none"), "", "", String::new()),
+        };
+        let r: i64 = self
+            .fire
+            .key(self.key("beat:lease"))
+            .key(self.key(&format!("beat:last:{entry}")))
+            .key(target)
+            .key(self.key("queues"))
+            .arg(token)
+            .arg(slot)
+            .arg(payload)
+            .arg(queue)
+            .arg(due)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(match r {
+            1 => BeatFire::Fired,
+            0 => BeatFire::AlreadyFired,
+            _ => BeatFire::Fenced,
         })
     }
 

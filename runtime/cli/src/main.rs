@@ -82,6 +82,8 @@ enum Command {
     Result(result::Args),
     /// Stop tasks or workflows from running (--terminate: running ones too).
     Revoke(revoke::Args),
+    /// Fire periodic tasks from celeriac.toml (any number of beat processes; one fires each run).
+    Beat(beat::Args),
     /// Queue depths and live workers.
     Status(status::Args),
     /// Manage dead letters: list, requeue, purge.
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Submit(a) => submit::run(a),
         Command::Workflow(a) => workflow::run(a),
         Command::Revoke(a) => revoke::run(a),
+        Command::Beat(a) => beat::run(a),
         Command::Worker(a) => worker::run(a),
         Command::Result(a) => result::run(a),
         Command::Status(a) => status::run(a),

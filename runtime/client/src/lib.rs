@@ -31,6 +31,7 @@
 //! # let _ = (record, sum); Ok(()) }
 //! ```
 
+pub mod beat;
 pub mod routing;
 pub mod workflow;
 

@@ -15,11 +15,17 @@ use celeriac_protocol::TaskMessage;
 /// How often the whole set is read again.
 const RELOAD: Duration = Duration::from_secs(30);
 
+struct RunningTask {
+    id: String,
+    root: Option<String>,
+    stop: CancellationToken,
+}
+
 #[derive(Default)]
 pub(crate) struct Revocations {
     ids: RwLock<HashSet<String>>,
-    /// Running tasks by a unique slot number: (task id, root id, stop).
-    running: Mutex<HashMap<u64, (String, Option<String>, CancellationToken)>>,
+    /// Running tasks by a unique slot number.
+    running: Mutex<HashMap<u64, RunningTask>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -53,7 +59,14 @@ impl Revocations {
     pub fn start(&self, msg: &TaskMessage) -> Running<'_> {
         let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stop = CancellationToken::new();
-        lock(&self.running).insert(slot, (msg.id.clone(), msg.root_id.clone(), stop.clone()));
+        lock(&self.running).insert(
+            slot,
+            RunningTask {
+                id: msg.id.clone(),
+                root: msg.root_id.clone(),
+                stop: stop.clone(),
+            },
+        );
         Running {
             owner: self,
             slot,
@@ -67,10 +80,13 @@ impl Revocations {
             ids.extend(r.ids.iter().cloned());
         }
         if r.terminate {
-            for (id, root, stop) in lock(&self.running).values() {
-                if r.ids.iter().any(|x| x == id || Some(x) == root.as_ref()) {
-                    tracing::info!(task_id = %id, "terminating: revoked");
-                    stop.cancel();
+            for t in lock(&self.running).values() {
+                if r.ids
+                    .iter()
+                    .any(|x| *x == t.id || Some(x) == t.root.as_ref())
+                {
+                    tracing::info!(task_id = %t.id, "terminating: revoked");
+                    t.stop.cancel();
                 }
             }
         }

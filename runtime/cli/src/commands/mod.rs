@@ -1,6 +1,7 @@
 //! One module per verb: its flags (clap `Args`) and a `run` that calls
 //! into the library crates and prints.
 
+pub mod beat;
 pub mod build;
 pub mod components;
 pub mod demo;
