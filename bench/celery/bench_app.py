@@ -55,6 +55,11 @@ def add(a, b):
     return a + b
 
 
+@app.task(name="xsum")
+def xsum(values):
+    return sum(values)
+
+
 @app.task(name="fib")
 def fib(n):
     return cpu.fib(n)

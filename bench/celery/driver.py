@@ -3,6 +3,7 @@ object: elapsed seconds (first submit to last result), submit seconds, and
 per-task latencies in microseconds for the latency workload.
 
     python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES | io N URL
+                     | chord N ROUNDS
 """
 
 import hashlib
@@ -16,7 +17,7 @@ import time
 import celery
 import redis
 
-from bench_app import PREFIX, QUEUE, REDIS, add, app, fetch, fib, sha256
+from bench_app import PREFIX, QUEUE, REDIS, add, app, fetch, fib, sha256, xsum
 
 r = redis.Redis.from_url(REDIS)
 
@@ -100,6 +101,17 @@ def main():
         # Each task one GET to bench/compare's local server (50 ms, `ok`).
         n, url = int(sys.argv[2]), sys.argv[3]
         out = bulk(fetch, [(url,)] * n, lambda k, v: v == 200)
+    elif what == "chord":
+        # Celery's chord on its Redis backend (counters), one after another:
+        # from submitting the header to the callback's result.
+        n, rounds = int(sys.argv[2]), int(sys.argv[3])
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            v = celery.chord(add.s(i, i) for i in range(n))(xsum.s()).get(timeout=600)
+            times.append(time.perf_counter() - t)
+            assert v == n * (n - 1), f"chord gave {v}"
+        out = {"elapsed_s": sum(times) / len(times)}
     else:
         sys.exit(f"unknown workload {what!r}")
     print(json.dumps(out))

@@ -31,6 +31,7 @@ use celeriac_bench::{
 };
 use celeriac_broker::registry::UploadOptions;
 use celeriac_broker::{self as broker, Broker};
+use celeriac_client::workflow::{self, Defaults, Spec, TaskSpec};
 use celeriac_client::{self as client, SubmitOptions, TaskRequest};
 use celeriac_protocol::record::TaskState;
 use celeriac_sandbox::{Sandbox, SandboxConfig};
@@ -68,16 +69,20 @@ enum Workload {
     Payload,
     SameCode,
     Io,
+    Chord,
 }
 
-const ALL: [Workload; 6] = [
+const ALL: [Workload; 7] = [
     Workload::Noop,
     Workload::Latency,
     Workload::Cpu,
     Workload::Payload,
     Workload::SameCode,
     Workload::Io,
+    Workload::Chord,
 ];
+/// The chord workload: chords run one after another, timed each.
+const CHORD_ROUNDS: usize = 5;
 const FIB_N: u64 = 27;
 const FIB_27: u64 = 196_418;
 const PAYLOAD_BYTES: usize = 64 * 1024;
@@ -127,6 +132,7 @@ impl Workload {
             Self::Payload => "payload",
             Self::SameCode => "same-code",
             Self::Io => "io",
+            Self::Chord => "chord",
         }
     }
 
@@ -153,6 +159,7 @@ impl Workload {
             Self::Cpu | Self::SameCode => 200,
             Self::Payload => 2_000,
             Self::Io => 5_000,
+            Self::Chord => 1_000,
         };
         if quick { n / 10 } else { n }
     }
@@ -165,6 +172,9 @@ impl Workload {
             Self::Payload => format!("{n} × sha256 of 64 KiB"),
             Self::SameCode => format!("{n} × fib({FIB_N}); the same Python on both"),
             Self::Io => format!("{n} × HTTP GET ({} ms server)", IO_DELAY.as_millis()),
+            Self::Chord => format!(
+                "chord of {n} × add(i, i) → sum, submit to callback result (mean of {CHORD_ROUNDS})"
+            ),
         }
     }
 }
@@ -497,6 +507,14 @@ async fn rows_for(
                 ),
             ]
         }
+        Workload::Chord => vec![row(
+            "time per chord",
+            "s",
+            false,
+            celery.elapsed.as_secs_f64(),
+            celeriac.elapsed.as_secs_f64(),
+            None,
+        )],
         Workload::Cpu | Workload::SameCode => vec![row(
             "total time",
             "s",
@@ -545,6 +563,7 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
         Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
+        Workload::Chord => vec!["chord".into(), n.to_string(), CHORD_ROUNDS.to_string()],
     };
     let served = env.server.as_ref().map(DelayServer::served);
     let out = driver(env, &args)?;
@@ -617,7 +636,7 @@ async fn celeriac_run(
         Workload::SameCode => call("py.fib", json!([1])),
         Workload::Cpu => call("math.fib", json!([1])),
         Workload::Payload => call("text.sha256", json!(["warm"])),
-        Workload::Noop | Workload::Latency => call("math.add", json!([1, 2])),
+        Workload::Noop | Workload::Latency | Workload::Chord => call("math.add", json!([1, 2])),
         Workload::Io => call("web.get", json!([env.server()?.url()])),
     };
     warm_up(broker, warm).await?;
@@ -675,6 +694,25 @@ async fn celeriac_run(
             let url = env.server()?.url();
             let reqs = (0..n).map(|_| call("web.get", json!([url]))).collect();
             bulk(broker, reqs, 1000, |_, v| v["status"] == 200).await?
+        }
+        Workload::Chord => {
+            let mut total = Duration::ZERO;
+            for _ in 0..CHORD_ROUNDS {
+                let add = |i: usize| {
+                    Spec::task(TaskSpec::new("math.add").args([json!(i), json!(i)]))
+                };
+                let spec = Spec::chord((0..n).map(add), Spec::task(TaskSpec::new("math.sum")));
+                let t = Instant::now();
+                let run = workflow::run(broker, &spec, &Defaults::default()).await?;
+                let r = client::wait(broker, &run.final_id, Duration::from_secs(600)).await?;
+                total += t.elapsed();
+                let want = (n * (n - 1)) as f64;
+                ensure!(
+                    r.as_ref().and_then(|r| r.result.as_ref()).and_then(Value::as_f64) == Some(want),
+                    "chord gave {r:?}, not {want}"
+                );
+            }
+            total / CHORD_ROUNDS as u32
         }
     };
     let mem = watch.stop();
