@@ -67,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let last = broker.beat_start(&e.name, now).await?;
                 let runs: Vec<String> = next[&e.name].iter().map(|t| time(*t)).collect();
                 println!(
-                    "{:<20} {:<24} {}  missed: {}\n{:<20} last fired {}; next {}",
+                    "{:<20} {:<24} {}  missed: {}\n{:<20} last run {} (or when first tracked); next {}",
                     e.name,
                     e.task.task,
                     e.schedule,
