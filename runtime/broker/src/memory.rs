@@ -116,6 +116,30 @@ fn deliver(queue: &str, id: &str, payload: &Arc<str>, deliveries: u64, max: usiz
     Delivery::bounded(queue, id.to_string(), payload.to_string(), deliveries, max)
 }
 
+/// `queues` (priority levels) in the order the Redis broker serves them:
+/// by `level × aging + age of the oldest ready message`, so no level
+/// starves (ids begin with the Unix ms they were made at).
+fn by_rank<'a>(s: &mut State, queues: &'a [String]) -> Vec<&'a String> {
+    let aging = crate::BrokerOptions::default().priority_aging.as_millis() as u64;
+    let now = now_ms();
+    let mut ranked: Vec<(u64, usize, &String)> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let born = s
+                .existing(q)
+                .and_then(|q| q.ready.front())
+                .and_then(|(id, _, _)| id.split('-').next()?.parse::<u64>().ok())
+                .unwrap_or(now);
+            let level = u64::from(split_level(q).1);
+            (level * aging + now.saturating_sub(born), i, q)
+        })
+        .collect();
+    // Highest rank first; ties keep the given order.
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.into_iter().map(|(_, _, q)| q).collect()
+}
+
 impl MemoryBroker {
     pub fn new() -> Self {
         Self::default()
@@ -309,7 +333,7 @@ impl Broker for MemoryBroker {
                 let mut s = self.lock();
                 let mut out: Vec<Delivery> = Vec::new();
                 let mut bytes = 0;
-                for q in queues {
+                for q in by_rank(&mut s, queues) {
                     let queue = s.queue(q);
                     while out.len() < limits.max.max(1) {
                         let Some((_, payload, _)) = queue.ready.front() else {

@@ -387,3 +387,169 @@ pub(crate) fn launch_into(
         }));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settle::tests::{config, msg};
+    use celeriac_protocol::workflow::GroupNode;
+
+    fn node(id: &str, task: &str, args: &str) -> Node {
+        let mut m = msg(0, 0);
+        m.id = id.into();
+        m.task = task.into();
+        m.args = RawValue::from_string(args.into()).unwrap();
+        m.eta = None;
+        Node::Task(Box::new(m))
+    }
+
+    fn verdict(state: TaskState, result: Option<&str>, error: Option<&str>) -> Verdict {
+        let mut r = crate::settle::record(&msg(0, 0), state, &config(), 5);
+        r.result = result.map(|j| RawValue::from_string(j.into()).unwrap());
+        r.error = error.map(|m| ErrorInfo {
+            kind: "fatal".into(),
+            message: m.into(),
+        });
+        Verdict {
+            record: Some(r),
+            disposition: Disposition::Ack,
+        }
+    }
+
+    fn payloads(e: &Effects) -> Vec<TaskMessage> {
+        e.launch
+            .iter()
+            .map(|l| TaskMessage::parse(&l.message.payload, 0).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn success_feeds_the_next_step_or_reports_to_the_group() {
+        let mut m = msg(0, 0);
+        m.root_id = Some("root".into());
+        m.chain = vec![node("b", "m.mul", "[4]"), node("c", "m.add", "[1]")];
+        m.member = Some(Member {
+            group: "g".into(),
+            index: 2,
+        });
+        m.link = vec![node("l", "m.log", "[]")];
+        let e = after_task(&m, &verdict(TaskState::Success, Some("4"), None), &config(), 9);
+        let sent = payloads(&e);
+        assert_eq!(sent.len(), 2, "the next step and the link");
+        let next = &sent[0];
+        assert_eq!((next.id.as_str(), next.args.get()), ("b", "[4,4]"));
+        assert_eq!(next.parent_id.as_deref(), Some("t1"));
+        assert_eq!(next.root_id.as_deref(), Some("root"));
+        assert_eq!(next.member, m.member, "the chain's last step reports");
+        assert_eq!(sent[1].args.get(), "[4]");
+        assert!(e.report.is_none() && e.records.is_empty());
+        // The last step reports its result to the group.
+        m.chain.clear();
+        m.link.clear();
+        let e = after_task(&m, &verdict(TaskState::Success, Some("[1,2]"), None), &config(), 9);
+        let r = e.report.expect("a report");
+        assert_eq!((r.group.as_str(), r.index), ("g", 2));
+        assert_eq!(r.outcome, Ok("[1,2]".to_string()));
+    }
+
+    #[test]
+    fn failure_stops_the_chain_with_records_fails_the_group_and_calls_link_error() {
+        let mut m = msg(0, 0);
+        m.task = "m.div".into();
+        m.unique_key = Some("k".into());
+        m.chain = vec![
+            node("b", "m.mul", "[4]"),
+            Node::Group(GroupNode {
+                id: "g2".into(),
+                members: vec![node("c", "m.add", "[1]")],
+            }),
+        ];
+        m.member = Some(Member {
+            group: "g".into(),
+            index: 0,
+        });
+        m.link_error = vec![node("e", "m.hold", "[]")];
+        let e = after_task(&m, &verdict(TaskState::Failure, None, Some("boom")), &config(), 9);
+        let ids: Vec<&str> = e.records.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["b", "g2", "c"]);
+        assert!(e.records[0].json.contains("upstream task t1 (m.div) failed: boom"));
+        let Err(failed) = &e.report.as_ref().unwrap().outcome else {
+            panic!("a failure report")
+        };
+        let failed: Failed = serde_json::from_str(failed).unwrap();
+        assert_eq!((failed.id.as_str(), failed.error.message.as_str()), ("t1", "boom"));
+        let sent = payloads(&e);
+        assert_eq!(sent[0].id, "e");
+        assert!(sent[0].args.get().contains("\"boom\""));
+        assert_eq!(e.release, Some(("k".into(), "t1".into())));
+    }
+
+    #[test]
+    fn retries_set_off_nothing() {
+        let mut m = msg(0, 3);
+        m.unique_key = Some("k".into());
+        m.chain = vec![node("b", "m.mul", "[4]")];
+        let v = Verdict {
+            record: None,
+            disposition: Disposition::Retry {
+                payload: String::new(),
+                due_ms: 1,
+            },
+        };
+        assert!(after_task(&m, &v, &config(), 9).is_empty());
+    }
+
+    fn join() -> JoinMessage {
+        JoinMessage {
+            v: 1,
+            join: "g".into(),
+            queue: "q".into(),
+            root_id: Some("root".into()),
+            chain: vec![node("body", "m.sum", "[]")],
+            member: None,
+            result_ttl: None,
+        }
+    }
+
+    #[test]
+    fn a_join_records_the_group_and_feeds_the_body_the_ordered_results() {
+        let g = GroupState {
+            size: 2,
+            results: vec![Some("1".into()), Some("{\"a\":2}".into())],
+            failed: None,
+        };
+        let e = after_join(&join(), Some(&g), &config(), 9);
+        assert_eq!(e.records.len(), 1);
+        assert!(e.records[0].json.contains("\"result\":[1,{\"a\":2}]"));
+        let sent = payloads(&e);
+        assert_eq!(sent[0].args.get(), "[[1,{\"a\":2}]]");
+        assert_eq!(sent[0].parent_id.as_deref(), Some("g"));
+    }
+
+    #[test]
+    fn a_join_of_a_failed_or_expired_group_fails_what_follows() {
+        let failed = Failed {
+            id: "m3".into(),
+            task: "m.div".into(),
+            error: ErrorInfo {
+                kind: "invalid-input".into(),
+                message: "division by zero".into(),
+            },
+        };
+        let g = GroupState {
+            size: 2,
+            results: vec![Some("1".into()), None],
+            failed: Some(serde_json::to_string(&failed).unwrap()),
+        };
+        let e = after_join(&join(), Some(&g), &config(), 9);
+        assert!(e.launch.is_empty());
+        let ids: Vec<&str> = e.records.iter().map(|r| r.task_id.as_str()).collect();
+        assert_eq!(ids, ["g", "body"]);
+        for r in &e.records {
+            assert!(r.json.contains("member m3 (m.div) failed: division by zero"), "{}", r.json);
+            assert!(r.json.contains("\"kind\":\"invalid-input\""));
+        }
+        let e = after_join(&join(), None, &config(), 9);
+        assert!(e.records[1].json.contains("expired"));
+    }
+}
