@@ -698,9 +698,8 @@ async fn celeriac_run(
         Workload::Chord => {
             let mut total = Duration::ZERO;
             for _ in 0..CHORD_ROUNDS {
-                let add = |i: usize| {
-                    Spec::task(TaskSpec::new("math.add").args([json!(i), json!(i)]))
-                };
+                let add =
+                    |i: usize| Spec::task(TaskSpec::new("math.add").args([json!(i), json!(i)]));
                 let spec = Spec::chord((0..n).map(add), Spec::task(TaskSpec::new("math.sum")));
                 let t = Instant::now();
                 let run = workflow::run(broker, &spec, &Defaults::default()).await?;
@@ -708,7 +707,10 @@ async fn celeriac_run(
                 total += t.elapsed();
                 let want = (n * (n - 1)) as f64;
                 ensure!(
-                    r.as_ref().and_then(|r| r.result.as_ref()).and_then(Value::as_f64) == Some(want),
+                    r.as_ref()
+                        .and_then(|r| r.result.as_ref())
+                        .and_then(Value::as_f64)
+                        == Some(want),
                     "chord gave {r:?}, not {want}"
                 );
             }

@@ -18,9 +18,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = celeriac_broker::connect(&url, &prefix).await?;
 
     let add = |a: i64, b: i64| Spec::task(TaskSpec::new("math.add").args([json!(a), json!(b)]));
-    let chord = Spec::chord((0..10).map(|i| add(i, i)), Spec::task(TaskSpec::new("math.sum")));
+    let chord = Spec::chord(
+        (0..10).map(|i| add(i, i)),
+        Spec::task(TaskSpec::new("math.sum")),
+    );
     let run = workflow::run(broker.as_ref(), &chord, &Defaults::default()).await?;
-    let sum = celeriac_client::wait(broker.as_ref(), &run.final_id, Duration::from_secs(30)).await?;
+    let sum =
+        celeriac_client::wait(broker.as_ref(), &run.final_id, Duration::from_secs(30)).await?;
     println!("chord {}: {:?}", run.root_id, sum.and_then(|r| r.result));
 
     // (2 + 2) * 4, each result the next one's first argument.
@@ -29,7 +33,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Spec::task(TaskSpec::new("math.mul").args([json!(4)])),
     ]);
     let run = workflow::run(broker.as_ref(), &chain, &Defaults::default()).await?;
-    let product = celeriac_client::wait(broker.as_ref(), &run.final_id, Duration::from_secs(30)).await?;
-    println!("chain {}: {:?}", run.root_id, product.and_then(|r| r.result));
+    let product =
+        celeriac_client::wait(broker.as_ref(), &run.final_id, Duration::from_secs(30)).await?;
+    println!(
+        "chain {}: {:?}",
+        run.root_id,
+        product.and_then(|r| r.result)
+    );
     Ok(())
 }

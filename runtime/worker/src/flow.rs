@@ -433,7 +433,12 @@ mod tests {
             index: 2,
         });
         m.link = vec![node("l", "m.log", "[]")];
-        let e = after_task(&m, &verdict(TaskState::Success, Some("4"), None), &config(), 9);
+        let e = after_task(
+            &m,
+            &verdict(TaskState::Success, Some("4"), None),
+            &config(),
+            9,
+        );
         let sent = payloads(&e);
         assert_eq!(sent.len(), 2, "the next step and the link");
         let next = &sent[0];
@@ -446,7 +451,12 @@ mod tests {
         // The last step reports its result to the group.
         m.chain.clear();
         m.link.clear();
-        let e = after_task(&m, &verdict(TaskState::Success, Some("[1,2]"), None), &config(), 9);
+        let e = after_task(
+            &m,
+            &verdict(TaskState::Success, Some("[1,2]"), None),
+            &config(),
+            9,
+        );
         let r = e.report.expect("a report");
         assert_eq!((r.group.as_str(), r.index), ("g", 2));
         assert_eq!(r.outcome, Ok("[1,2]".to_string()));
@@ -469,15 +479,27 @@ mod tests {
             index: 0,
         });
         m.link_error = vec![node("e", "m.hold", "[]")];
-        let e = after_task(&m, &verdict(TaskState::Failure, None, Some("boom")), &config(), 9);
+        let e = after_task(
+            &m,
+            &verdict(TaskState::Failure, None, Some("boom")),
+            &config(),
+            9,
+        );
         let ids: Vec<&str> = e.records.iter().map(|r| r.task_id.as_str()).collect();
         assert_eq!(ids, ["b", "g2", "c"]);
-        assert!(e.records[0].json.contains("upstream task t1 (m.div) failed: boom"));
+        assert!(
+            e.records[0]
+                .json
+                .contains("upstream task t1 (m.div) failed: boom")
+        );
         let Err(failed) = &e.report.as_ref().unwrap().outcome else {
             panic!("a failure report")
         };
         let failed: Failed = serde_json::from_str(failed).unwrap();
-        assert_eq!((failed.id.as_str(), failed.error.message.as_str()), ("t1", "boom"));
+        assert_eq!(
+            (failed.id.as_str(), failed.error.message.as_str()),
+            ("t1", "boom")
+        );
         let sent = payloads(&e);
         assert_eq!(sent[0].id, "e");
         assert!(sent[0].args.get().contains("\"boom\""));
@@ -546,7 +568,12 @@ mod tests {
         let ids: Vec<&str> = e.records.iter().map(|r| r.task_id.as_str()).collect();
         assert_eq!(ids, ["g", "body"]);
         for r in &e.records {
-            assert!(r.json.contains("member m3 (m.div) failed: division by zero"), "{}", r.json);
+            assert!(
+                r.json
+                    .contains("member m3 (m.div) failed: division by zero"),
+                "{}",
+                r.json
+            );
             assert!(r.json.contains("\"kind\":\"invalid-input\""));
         }
         let e = after_join(&join(), None, &config(), 9);
