@@ -165,16 +165,24 @@ async fn a_rate_limit_holds_across_two_workers() {
     }
     starts.sort();
     assert_eq!(workers.len(), 2, "both workers took part");
-    // 10/s over 5 seconds: 50 starts, within 10 %.
-    let t0 = starts[5];
-    let in_window = starts
-        .iter()
-        .filter(|&&s| s >= t0 && s < t0 + 5_000)
-        .count();
+    // 10/s over 5 seconds: 50 starts, within 10 %. The broker reserves each
+    // start 100 ms after the one before, checked just before the run (so a
+    // component loading for the first task cannot bunch the next ones);
+    // a start can be late on a busy machine, never early.
+    let t0 = starts[0];
+    let in_window = starts.iter().filter(|&&s| s < t0 + 5_000).count();
     assert!(
         (45..=55).contains(&in_window),
         "{in_window} starts in 5 s under a 10/s limit"
     );
+    // Never more than 50 starts in any 5 s, minus 10 %: no burst anywhere.
+    for w in starts.windows(51) {
+        assert!(
+            w[50] - w[0] >= 4_500,
+            "51 starts within {} ms under a 10/s limit",
+            w[50] - w[0]
+        );
+    }
 }
 
 #[tokio::test]

@@ -428,27 +428,6 @@ impl Worker {
 
     async fn resolve_and_run(&self, task: &Admitted) -> Verdict {
         let msg = &task.msg;
-        if let Some(every) = self.config.rate_limits.get(&msg.task) {
-            // Over the limit: back to the broker until its reserved turn,
-            // holding no slot meanwhile.
-            match self.broker.rate_acquire(&msg.task, &msg.id, *every).await {
-                Ok(wait) if wait > Duration::from_millis(2) => {
-                    tracing::debug!(?wait, "rate limited");
-                    return settle::delayed(msg, now_ms() + celeriac_protocol::clock::millis(wait));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not check the rate limit; requeueing");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    return settle::unresolved(
-                        msg,
-                        &LoadError::Transient(e.to_string()),
-                        &self.config,
-                        now_ms(),
-                    );
-                }
-            }
-        }
         // Only a component a trusted key signed as this module comes back.
         let component = match self.components.get(&msg.digest, task.module()).await {
             Ok(c) => c,
@@ -467,6 +446,28 @@ impl Worker {
             }
         };
 
+        if let Some(every) = self.config.rate_limits.get(&msg.task) {
+            // Over the limit: back to the broker until its reserved turn,
+            // holding no slot meanwhile. Checked last before the run, so
+            // that time spent loading the component cannot bunch starts.
+            match self.broker.rate_acquire(&msg.task, &msg.id, *every).await {
+                Ok(wait) if wait > Duration::from_millis(2) => {
+                    tracing::debug!(?wait, "rate limited");
+                    return settle::delayed(msg, now_ms() + celeriac_protocol::clock::millis(wait));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check the rate limit; requeueing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return settle::unresolved(
+                        msg,
+                        &LoadError::Transient(e.to_string()),
+                        &self.config,
+                        now_ms(),
+                    );
+                }
+            }
+        }
         let call = TaskCall {
             id: msg.id.clone(),
             module: task.module().to_string(),
