@@ -284,7 +284,7 @@ async fn revoking_a_workflow_revokes_what_has_not_run() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_unique_key_drops_duplicates_while_the_first_is_queued_or_running() {
     let f = Fixture::new(&["misbehave"]).await;
     let b = f.broker.as_ref();
@@ -321,12 +321,30 @@ async fn a_unique_key_drops_duplicates_while_the_first_is_queued_or_running() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), first);
     assert!(String::from_utf8_lossy(&out.stderr).contains("duplicate"));
     assert_eq!(b.queue_stats("uniq").await.unwrap().ready, 1);
+    // A duplicate that waits gets the holder's result.
+    let waiter = {
+        let mut cli = f.cli();
+        cli.args([
+            "submit",
+            "misbehave.sleep",
+            "[1]",
+            "--queue",
+            "uniq",
+            "--unique-key",
+            "nightly-report",
+            "--wait",
+        ]);
+        tokio::task::spawn_blocking(move || cli.output())
+    };
     // Once it has finished, the key is free.
     let _w = f.worker(celeriac_worker::WorkerConfig {
         queues: vec!["uniq".into()],
         ..quick_config("uniq")
     });
     finished(b, &first, Duration::from_secs(10)).await;
+    let out = waiter.await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300");
     let again = submit(b, "misbehave.sleep", json!([1]), &unique).await;
     assert_ne!(again, first);
 }

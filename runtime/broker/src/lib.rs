@@ -603,6 +603,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Take or renew the beat lease for `holder`; `Some(token)` while it
     /// holds it. A new lease gets a new, larger token.
     async fn beat_lease(&self, holder: &str, ttl: Duration) -> BrokerResult<Option<String>>;
+    /// The last run fired of `entry` (Unix ms), or when tracking it began;
+    /// `None` if no beat process has seen it yet.
+    async fn beat_last(&self, entry: &str) -> BrokerResult<Option<u64>>;
     /// The last run fired of `entry` (Unix ms), starting its record at
     /// `now` if it has none (a new entry does not fire its past).
     async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64>;
@@ -736,6 +739,18 @@ pub fn redact(url: &str) -> String {
         }
         None => url.to_string(),
     }
+}
+
+/// Where a dead letter of `queue` goes back: the priority level its
+/// message asks for (level 0 if it cannot be read).
+pub(crate) fn requeue_level(queue: &str, payload: &str) -> String {
+    let priority = serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("priority")?.as_u64())
+        .filter(|p| *p <= u64::from(celeriac_protocol::bounds::MAX_PRIORITY))
+        .unwrap_or(0);
+    let base = celeriac_protocol::message::split_level(queue).0;
+    celeriac_protocol::message::level_queue(base, priority as u8)
 }
 
 /// A dead letter put back on its queue starts over: retries reset to 0.

@@ -683,6 +683,10 @@ impl Broker for MemoryBroker {
         Ok(Some(token))
     }
 
+    async fn beat_last(&self, entry: &str) -> BrokerResult<Option<u64>> {
+        Ok(self.lock().beat_last.get(entry).copied())
+    }
+
     async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64> {
         Ok(*self
             .lock()
@@ -865,7 +869,11 @@ impl Broker for MemoryBroker {
         if let Some(task_id) = celeriac_protocol::message::salvage_id(&letter) {
             s.results.remove(&task_id);
         }
-        s.push_ready(queue, super::reset_retries(&letter), 0);
+        s.push_ready(
+            &super::requeue_level(queue, &letter),
+            super::reset_retries(&letter),
+            0,
+        );
         drop(s);
         self.ready.notify_waiters();
         Ok(true)

@@ -1534,6 +1534,13 @@ impl Broker for RedisBroker {
             .await?)
     }
 
+    async fn beat_last(&self, entry: &str) -> BrokerResult<Option<u64>> {
+        Ok(self
+            .conn()
+            .get(self.key(&format!("beat:last:{entry}")))
+            .await?)
+    }
+
     async fn beat_start(&self, entry: &str, now: u64) -> BrokerResult<u64> {
         let key = self.key(&format!("beat:last:{entry}"));
         let (last,): (u64,) = redis::pipe()
@@ -1806,7 +1813,7 @@ impl Broker for RedisBroker {
         let _: () = pipe
             .atomic()
             .cmd("XADD")
-            .arg(self.stream(queue))
+            .arg(self.stream(&super::requeue_level(queue, &payload)))
             .arg("*")
             .arg("m")
             .arg(super::reset_retries(&payload))

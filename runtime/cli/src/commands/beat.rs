@@ -64,10 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let now = celeriac_protocol::now_ms();
             let next = upcoming(&entries, now, 3);
             for e in &entries {
-                let last = broker.beat_start(&e.name, now).await?;
+                let last = broker
+                    .beat_last(&e.name)
+                    .await?
+                    .map_or_else(|| "never (not yet tracked)".to_string(), time);
                 let runs: Vec<String> = next[&e.name].iter().map(|t| time(*t)).collect();
                 println!(
-                    "{:<20} {:<24} {}  missed: {}\n{:<20} last run {} (or when first tracked); next {}",
+                    "{:<20} {:<24} {}  missed: {}\n{:<20} last run {}; next {}",
                     e.name,
                     e.task.task,
                     e.schedule,
@@ -77,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "catch-up"
                     },
                     "",
-                    time(last),
+                    last,
                     runs.join(", ")
                 );
             }

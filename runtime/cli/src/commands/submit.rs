@@ -173,14 +173,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         // The id goes to stderr at once: if the wait fails, the caller can
         // still fetch the result later with `celeriac result ID`.
-        let (id, record) = submit_and_wait_with(
+        let waited = submit_and_wait_with(
             broker.as_ref(),
             request,
             &options,
             args.wait_timeout,
             |id| eprintln!("{id}"),
         )
-        .await?;
+        .await;
+        let (id, record) = match waited {
+            Ok(done) => done,
+            // A duplicate: the answer is the holder's.
+            Err(ClientError::Duplicate { key, holder }) => {
+                eprintln!("duplicate: task {holder} holds unique key `{key}`; waiting for it");
+                let record =
+                    celeriac_client::wait(broker.as_ref(), &holder, args.wait_timeout).await?;
+                (holder, record)
+            }
+            Err(e) => return Err(e.into()),
+        };
         match record {
             Some(record) if record.state.is_final() => Ok(ExitCode::from(print_outcome(&record))),
             other => {
