@@ -768,7 +768,17 @@ pub(crate) fn reset_retries(payload: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, requeue_level};
+
+    #[test]
+    fn dead_letters_go_back_to_their_priority_level() {
+        let msg = |p: &str| format!(r#"{{"v":1,"id":"a","priority":{p}}}"#);
+        assert_eq!(requeue_level("q", &msg("9")), "q@9");
+        assert_eq!(requeue_level("q@9", &msg("0")), "q");
+        // Out of range or unreadable: level 0, to be judged again there.
+        assert_eq!(requeue_level("q", &msg("12")), "q");
+        assert_eq!(requeue_level("q", "not json"), "q");
+    }
 
     #[test]
     fn redacts_passwords() {
