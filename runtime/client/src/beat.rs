@@ -95,13 +95,11 @@ impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Schedule::Cron { text, tz, .. } => write!(f, "cron `{text}` ({tz})"),
-            Schedule::Every(d) => write!(f, "every {}", humantime_like(*d)),
+            Schedule::Every(d) => {
+                write!(f, "every {}", celeriac_protocol::units::format_duration(*d))
+            }
         }
     }
-}
-
-fn humantime_like(d: Duration) -> String {
-    celeriac_protocol::units::format_duration(d)
 }
 
 fn utc(ms: u64) -> Option<DateTime<Utc>> {

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::{RawValue, to_raw_value};
+use serde_json::value::to_raw_value;
 use serde_json::{Map, Value};
 
 use celeriac_broker::{Broker, Effects, Launched, ModuleInfo};
@@ -427,18 +427,25 @@ fn collect_tasks<'a>(spec: &'a Spec, out: &mut Vec<&'a str>) {
     }
 }
 
+fn nodes(
+    specs: &[Spec],
+    modules: &HashMap<String, ModuleInfo>,
+    defaults: &Defaults,
+    now: SystemTime,
+) -> Result<Vec<Node>, ClientError> {
+    specs
+        .iter()
+        .map(|s| node(s, modules, defaults, now))
+        .collect()
+}
+
 fn node(
     spec: &Spec,
     modules: &HashMap<String, ModuleInfo>,
     defaults: &Defaults,
     now: SystemTime,
 ) -> Result<Node, ClientError> {
-    let many = |specs: &[Spec]| -> Result<Vec<Node>, ClientError> {
-        specs
-            .iter()
-            .map(|s| node(s, modules, defaults, now))
-            .collect()
-    };
+    let many = |specs: &[Spec]| nodes(specs, modules, defaults, now);
     let group = |members: Vec<Node>| -> Result<Node, ClientError> {
         if members.is_empty() {
             return Err(ClientError::Workflow(
@@ -526,14 +533,8 @@ fn task(
             star,
         });
     }
-    let links = |specs: &[Spec]| -> Result<Vec<Node>, ClientError> {
-        specs
-            .iter()
-            .map(|s| node(s, modules, defaults, now))
-            .collect()
-    };
-    msg.link = links(&t.link)?;
-    msg.link_error = links(&t.link_error)?;
+    msg.link = nodes(&t.link, modules, defaults, now)?;
+    msg.link_error = nodes(&t.link_error, modules, defaults, now)?;
     Ok(msg)
 }
 
@@ -657,11 +658,6 @@ fn flatten(node: &OutlineNode, out: &mut Vec<(String, String)>) {
             members.iter().for_each(|n| flatten(n, out));
         }
     }
-}
-
-/// Raw JSON arguments from values (used by tests and the CLI).
-pub fn raw_args(values: &[Value]) -> Result<Box<RawValue>, ClientError> {
-    Ok(to_raw_value(values)?)
 }
 
 #[cfg(test)]

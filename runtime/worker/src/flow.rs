@@ -13,14 +13,14 @@
 
 use celeriac_broker::{Disposition, Effects, GroupReport, GroupState, Launched, Outgoing};
 use celeriac_protocol::message::{TaskMessage, level_queue};
-use celeriac_protocol::record::{ErrorInfo, ResultRecord, TaskState};
+use celeriac_protocol::record::{ErrorInfo, TaskState};
 use celeriac_protocol::workflow::{
     Context, Failed, GROUP_TTL_SECS, JoinMessage, Launch, Member, Node, launch, record_ids,
 };
 use serde_json::value::RawValue;
 
 use crate::WorkerConfig;
-use crate::settle::{Record, Verdict, result_write};
+use crate::settle::{Record, Verdict, anonymous_record, result_write};
 
 /// How a task ended, for its workflow.
 enum Outcome<'a> {
@@ -125,7 +125,7 @@ pub(crate) fn after_join(
     let root = join.root_id.as_deref().unwrap_or(&join.join);
     let cx = context(root, &join.join, now);
     let ttl = join.result_ttl;
-    let mut record = group_record(join, now);
+    let mut record = group_record(join, config, now);
     let failure =
         match group {
             None => Some(failure_of(
@@ -228,25 +228,13 @@ fn failure_of(join: &JoinMessage, kind: &str, message: &str) -> Failed {
     }
 }
 
-fn group_record(join: &JoinMessage, now: u64) -> Record {
-    ResultRecord {
-        id: join.join.clone(),
+fn group_record(join: &JoinMessage, config: &WorkerConfig, now: u64) -> Record {
+    Record {
         task: "group".into(),
         state: TaskState::Started,
-        result: None,
-        error: None,
-        retries: 0,
-        runtime_ms: 0.0,
-        fuel: None,
         worker: String::new(),
-        queue: join.queue.clone(),
-        submitted_at: 0,
-        started_at: None,
-        finished_at: Some(now),
-        retry_at: None,
-        limits: None,
         root_id: join.root_id.clone(),
-        parent_id: None,
+        ..anonymous_record(join.join.clone(), &join.queue, config, now)
     }
 }
 
@@ -322,26 +310,14 @@ fn stop(
     };
     for id in ids {
         let record = Record {
-            id: id.to_string(),
-            task: String::new(),
             state,
-            result: None,
             error: Some(ErrorInfo {
                 kind: failed.error.kind.clone(),
                 message: why.to_string(),
             }),
-            retries: 0,
-            runtime_ms: 0.0,
-            fuel: None,
-            worker: config.id.clone(),
-            queue: String::new(),
-            submitted_at: 0,
-            started_at: None,
-            finished_at: Some(cx.now),
-            retry_at: None,
-            limits: None,
             root_id: Some(cx.root_id.to_string()),
             parent_id: cx.parent_id.map(str::to_string),
+            ..anonymous_record(id.to_string(), "", config, cx.now)
         };
         effects.records.push(result_write(&record, ttl, config));
     }

@@ -420,10 +420,7 @@ impl Worker {
         };
         let effects = flow::after_join(join, group.as_ref(), &self.config, now_ms());
         tracing::info!(launched = effects.launch.len(), "group joined");
-        let mut c = settle::requeue(delivery);
-        c.disposition = Disposition::Ack;
-        c.effects = effects;
-        c
+        settle::acked_with(delivery, effects)
     }
 
     async fn resolve_and_run(&self, task: &Admitted) -> Verdict {

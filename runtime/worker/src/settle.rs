@@ -370,6 +370,13 @@ pub(crate) fn completion(
     c
 }
 
+/// Done with no record of its own, setting off `effects` (a group's join).
+pub(crate) fn acked_with(delivery: &Delivery, effects: Effects) -> Completion {
+    let mut c = of_delivery(delivery, None, Disposition::Ack);
+    c.effects = effects;
+    c
+}
+
 /// Hand a delivery back untouched (shutdown, or not started in time).
 pub(crate) fn requeue(delivery: &Delivery) -> Completion {
     of_delivery(delivery, None, Disposition::Requeue)
