@@ -39,6 +39,8 @@ pub enum BrokerError {
     Redis(#[from] ::redis::RedisError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl BrokerError {
@@ -81,7 +83,9 @@ impl BrokerError {
                         )
                     )
             }
-            BrokerError::Url { .. } | BrokerError::Corrupt(_) => false,
+            BrokerError::Url { .. } | BrokerError::Corrupt(_) | BrokerError::Unsupported(_) => {
+                false
+            }
         }
     }
 }
@@ -346,6 +350,34 @@ pub struct Effects {
     /// Release a unique-submission lock `(key, task id)`, if that task
     /// still holds it.
     pub release: Option<(String, String)>,
+    /// Records where Celery's Redis result backend keeps them (Celery
+    /// interop): stored and announced as Celery's backend does.
+    pub celery_records: Vec<ResultWrite>,
+    /// Messages for Celery queues (a Celery canvas' next steps).
+    pub celery_sends: Vec<CelerySend>,
+}
+
+/// A Celery message to put on a Celery queue, as kombu's Redis transport
+/// would (at the list for its priority).
+#[derive(Debug, Clone)]
+pub struct CelerySend {
+    pub queue: String,
+    /// kombu's priority: 0 (served first) to 9.
+    pub priority: u8,
+    /// The kombu envelope (JSON).
+    pub envelope: String,
+}
+
+/// What one [`Broker::celery_ingest`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Messages moved onto Celeriac queues.
+    pub moved: usize,
+    /// Messages looked at and left for Celery (tasks this worker does not
+    /// run, or envelopes it cannot read).
+    pub left: usize,
+    /// Enough messages wait on the Celeriac queues already: none moved.
+    pub full: bool,
 }
 
 impl Effects {
@@ -355,6 +387,8 @@ impl Effects {
             && self.launch.is_empty()
             && self.report.is_none()
             && self.release.is_none()
+            && self.celery_records.is_empty()
+            && self.celery_sends.is_empty()
     }
 
     fn weight(&self) -> usize {
@@ -371,6 +405,16 @@ impl Effects {
             + self.report.as_ref().map_or(0, |r| match &r.outcome {
                 Ok(j) | Err(j) => j.len() + 64,
             })
+            + self
+                .celery_records
+                .iter()
+                .map(|r| r.json.len() + 64)
+                .sum::<usize>()
+            + self
+                .celery_sends
+                .iter()
+                .map(|m| m.envelope.len() + 64)
+                .sum::<usize>()
     }
 }
 
@@ -643,12 +687,41 @@ pub trait Broker: Send + Sync + 'static {
     async fn dlq_requeue(&self, queue: &str, id: &str) -> BrokerResult<bool>;
     async fn dlq_purge(&self, queue: &str) -> BrokerResult<u64>;
 
+    // --- Celery interop (Redis only) ---
+    /// Move Celery messages for tasks this worker runs from kombu's lists
+    /// of `queues` (every priority) onto the Celeriac queues of the same
+    /// names, each in one atomic step, while fewer than `backlog` messages
+    /// wait there unread. A task runs here if its Celery name is in
+    /// `names`, or is `module.task` of a registered module; any other
+    /// message is left where it is, in order, for Celery's workers.
+    async fn celery_ingest(
+        &self,
+        queues: &[String],
+        names: &[String],
+        backlog: usize,
+    ) -> BrokerResult<Ingested> {
+        let _ = (queues, names, backlog);
+        Err(celery_unsupported())
+    }
+    /// Wait up to `timeout` for a message on kombu's lists of `queues`,
+    /// taking none.
+    async fn celery_wait(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        let _ = (queues, timeout);
+        Err(celery_unsupported())
+    }
+
     // --- monitoring ---
     async fn queues(&self) -> BrokerResult<Vec<String>>;
     async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats>;
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()>;
     async fn forget_worker(&self, worker_id: &str) -> BrokerResult<()>;
     async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>>;
+}
+
+fn celery_unsupported() -> BrokerError {
+    BrokerError::Unsupported(
+        "Celery queues live in Redis: consuming them needs a redis:// broker".into(),
+    )
 }
 
 /// How a broker serves its consumers.

@@ -28,6 +28,11 @@
 //! | `beat:last:<entry>` | string | the last run of a periodic entry fired (Unix ms) |
 //! | `rate:<task>` | string, PX | when the next call of a rate-limited task may start (Unix ms) |
 //! | `rate-slot:<id>` | string, PX | a reserved start time of a task that had to wait |
+//!
+//! Celery's keys, unprefixed, as Celery names them (see `celery_ingest`):
+//! kombu's lists `<queue>` and `<queue>\x06\x16<3|6|9>` (a queue's
+//! priorities), and the result backend's `celery-task-meta-<id>` (string,
+//! EX; also a pub/sub channel).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,8 +47,9 @@ use tokio::sync::Mutex;
 use super::results_pubsub::ResultChannels;
 use super::{
     BeatFire, Broker, BrokerError, BrokerResult, Claim, Completed, Completion, DeadLetter,
-    Delivery, Disposition, Effects, FetchLimits, GroupState, ModuleInfo, OVERSIZE_PREFIX, Outgoing,
-    Pending, QueueStats, ResultWrite, Revocation, RevokeWatch, WorkerInfo, redact, signature_slot,
+    Delivery, Disposition, Effects, FetchLimits, GroupState, Ingested, ModuleInfo, OVERSIZE_PREFIX,
+    Outgoing, Pending, QueueStats, ResultWrite, Revocation, RevokeWatch, WorkerInfo, redact,
+    signature_slot,
 };
 use celeriac_protocol::Digest;
 use celeriac_protocol::message::{levels, split_level};
@@ -256,7 +262,82 @@ local function apply_effects(e)
   if #u > 0 and redis.call('GET', u[1]) == u[2] then
     redis.call('DEL', u[1])
   end
+  for _, p in ipairs(e.pushes) do
+    redis.call('LPUSH', p[1], p[2])
+  end
 end
+"#;
+
+/// Moves Celery messages from kombu's lists onto Celeriac streams (see
+/// [`Broker::celery_ingest`]). ARGV: backlog, scan window, the module key
+/// prefix, Celery names mapped (JSON array), `[list, stream]` pairs in the
+/// order kombu serves them (JSON), the consumer group. Per list it looks
+/// at the oldest messages (the tail: kombu pushes left, pops right) in
+/// chunks; one of ours at the tail is popped, one behind a message left
+/// for Celery is removed by value from the tail side (each message is
+/// unique by its delivery tag), so what is left keeps its order. Returns
+/// moved, left, full.
+const INGEST_LUA: &str = r#"
+local target, window, modules = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local named = {}
+for _, n in ipairs(cjson.decode(ARGV[4])) do named[n] = true end
+local routes, group = cjson.decode(ARGV[5]), ARGV[6]
+local known = {}
+local function ours(name)
+  if named[name] then return true end
+  local v = known[name]
+  if v == nil then
+    local module = string.match(name, '^(.+)%.[^.]+$')
+    v = module ~= nil and redis.call('EXISTS', modules .. module) == 1
+    known[name] = v
+  end
+  return v
+end
+-- Messages already waiting unread on the Celeriac side.
+local waiting, seen = 0, {}
+for _, r in ipairs(routes) do
+  local s = r[2]
+  if not seen[s] then
+    seen[s] = true
+    local n = redis.call('XLEN', s)
+    if n > 0 then
+      local ok, p = pcall(redis.call, 'XPENDING', s, group)
+      if ok then n = n - p[1] end
+      waiting = waiting + n
+    end
+  end
+end
+local room = target - waiting
+if room <= 0 then return {0, 0, 1} end
+local moved, left = 0, 0
+for _, r in ipairs(routes) do
+  local list, stream = r[1], r[2]
+  local skip = 0
+  while moved < room and skip < window do
+    local want = math.min(room - moved, window - skip)
+    local chunk = redis.call('LRANGE', list, -(skip + want), -(skip + 1))
+    for i = #chunk, 1, -1 do
+      local raw = chunk[i]
+      local ok, env = pcall(cjson.decode, raw)
+      local name = ok and type(env) == 'table' and type(env.headers) == 'table' and env.headers.task
+      if type(name) == 'string' and ours(name) then
+        if skip == 0 then
+          redis.call('RPOP', list)
+        else
+          redis.call('LREM', list, -1, raw)
+        end
+        redis.call('XADD', stream, '*', 'm', raw)
+        moved = moved + 1
+        if moved >= room then break end
+      else
+        skip = skip + 1
+        left = left + 1
+      end
+    end
+    if #chunk < want then break end
+  end
+end
+return {moved, left, 0}
 "#;
 
 /// Effects outside a completion (a producer launching a workflow).
@@ -434,6 +515,11 @@ pub struct RedisBroker {
     blocking: Mutex<ConnectionManager>,
     /// Opened on the first wait for a result, replaced if it drops.
     results: Mutex<Option<Arc<ResultChannels>>>,
+    /// One connection per kombu list a Celery wait blocks on (see
+    /// `celery_wait`), opened on first use.
+    celery_waiters: Mutex<Vec<ConnectionManager>>,
+    conn_config: ConnectionManagerConfig,
+    ingest: Script,
     /// Recently resolved modules (see [`MODULE_TTL`]).
     modules: std::sync::Mutex<HashMap<String, (Instant, ModuleInfo)>>,
     prefix: String,
@@ -497,12 +583,17 @@ impl RedisBroker {
         let conn = client
             .get_connection_manager_with_config(config.clone())
             .await?;
-        let blocking = client.get_connection_manager_with_config(config).await?;
+        let blocking = client
+            .get_connection_manager_with_config(config.clone())
+            .await?;
         Ok(Self {
             client,
             conn,
             blocking: Mutex::new(blocking),
             results: Mutex::new(None),
+            celery_waiters: Mutex::new(Vec::new()),
+            conn_config: config,
+            ingest: Script::new(INGEST_LUA),
             modules: Default::default(),
             prefix: prefix.to_string(),
             url: redact(url),
@@ -561,9 +652,18 @@ impl RedisBroker {
                 }
             })
             .collect();
+        let records = e
+            .records
+            .iter()
+            .map(|r| (self.result_key(&r.task_id), r))
+            .chain(
+                e.celery_records
+                    .iter()
+                    .map(|r| (celery_result_key(&r.task_id), r)),
+            );
         let json = serde_json::json!({
-            "records": e.records.iter().map(|r| {
-                (self.result_key(&r.task_id), &r.json, r.ttl.as_secs().max(1).to_string())
+            "records": records.map(|(key, r)| {
+                (key, &r.json, r.ttl.as_secs().max(1).to_string())
             }).collect::<Vec<_>>(),
             "groups": e.groups.iter().map(|g| {
                 (self.group_key(&g.id), g.size.to_string(), self.stream(&g.queue), &g.join, g.ttl.max(1).to_string())
@@ -579,6 +679,9 @@ impl RedisBroker {
                 vec![self.group_key(&r.group), field, value.clone(), ok.to_string()]
             }).unwrap_or_default(),
             "release": e.release.as_ref().map(|(k, id)| vec![self.unique_key(k), id.clone()]).unwrap_or_default(),
+            "pushes": e.celery_sends.iter().map(|m| {
+                (kombu_list(&m.queue, m.priority), &m.envelope)
+            }).collect::<Vec<_>>(),
         });
         json.to_string()
     }
@@ -1905,6 +2008,96 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn celery_ingest(
+        &self,
+        queues: &[String],
+        names: &[String],
+        backlog: usize,
+    ) -> BrokerResult<Ingested> {
+        // kombu serves a queue's priorities 0, 3, 6, 9 in that order; they
+        // land on the Celeriac levels 9, 6, 3, 0 (higher first there).
+        let routes: Vec<(String, String)> = queues
+            .iter()
+            .flat_map(|q| {
+                KOMBU_STEPS.iter().map(move |step| {
+                    let level = celeriac_protocol::message::level_queue(q, 9 - step);
+                    (kombu_list(q, *step), self.stream(&level))
+                })
+            })
+            .collect();
+        let cmd = evalsha(&self.ingest, &[] as &[&str])
+            .arg(backlog)
+            .arg(INGEST_WINDOW)
+            .arg(self.key("module:"))
+            .arg(serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
+            .arg(serde_json::to_string(&routes).unwrap_or_else(|_| "[]".into()))
+            .arg(GROUP)
+            .to_owned();
+        let reply = self
+            .eval_many(&self.ingest, &[cmd])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(BrokerError::Corrupt("no reply from ingest".into())))?;
+        let n: Vec<u64> = match &reply {
+            Value::Array(items) => items.iter().map(|v| as_u64(v).unwrap_or(0)).collect(),
+            _ => Vec::new(),
+        };
+        let at = |i: usize| n.get(i).copied().unwrap_or(0);
+        Ok(Ingested {
+            moved: at(0) as usize,
+            left: at(1) as usize,
+            full: at(2) == 1,
+        })
+    }
+
+    async fn celery_wait(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        let keys: Vec<String> = queues
+            .iter()
+            .flat_map(|q| KOMBU_STEPS.iter().map(move |s| kombu_list(q, *s)))
+            .collect();
+        let conns = {
+            let mut pool = self.celery_waiters.lock().await;
+            while pool.len() < keys.len() {
+                let c = self
+                    .client
+                    .get_connection_manager_with_config(self.conn_config.clone())
+                    .await?;
+                pool.push(c);
+            }
+            pool[..keys.len()].to_vec()
+        };
+        // Blocking on each list (a blocking command holds its connection):
+        // BLMOVE from a list's tail to its tail moves nothing, so no message
+        // is ever taken, or reordered, by waiting.
+        let secs = timeout.as_secs_f64().max(0.01);
+        let waits: Vec<_> = keys
+            .into_iter()
+            .zip(conns)
+            .map(|(key, mut conn)| {
+                Box::pin(async move {
+                    redis::cmd("BLMOVE")
+                        .arg(&key)
+                        .arg(&key)
+                        .arg("RIGHT")
+                        .arg("RIGHT")
+                        .arg(secs)
+                        .query_async::<Option<Vec<u8>>>(&mut conn)
+                        .await
+                })
+            })
+            .collect();
+        let mut waits = waits;
+        while !waits.is_empty() {
+            let (first, _, rest) = futures_util::future::select_all(waits).await;
+            match first {
+                Ok(None) => waits = rest,
+                Ok(Some(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
         let ids: Vec<String> = self.conn().smembers(self.key("workers")).await?;
         if ids.is_empty() {
@@ -1933,6 +2126,31 @@ impl Broker for RedisBroker {
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
+}
+
+/// kombu's priority steps: a queue has one list per step.
+const KOMBU_STEPS: [u8; 4] = [0, 3, 6, 9];
+/// Messages of a kombu list one ingest looks at past those it leaves.
+const INGEST_WINDOW: usize = 256;
+
+/// kombu's list for `queue` at `priority` (rounded down to its step, as
+/// kombu's Redis transport does).
+fn kombu_list(queue: &str, priority: u8) -> String {
+    let step = KOMBU_STEPS
+        .iter()
+        .rev()
+        .find(|s| **s <= priority)
+        .copied()
+        .unwrap_or(0);
+    match step {
+        0 => queue.to_string(),
+        s => format!("{queue}\x06\x16{s}"),
+    }
+}
+
+/// Where Celery's Redis result backend keeps a task's record.
+fn celery_result_key(id: &str) -> String {
+    format!("celery-task-meta-{id}")
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -2030,4 +2248,18 @@ fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
         .into_iter()
         .filter_map(|(k, entries)| Some((as_string(&k)?, entries_of(entries))))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kombu_list;
+
+    #[test]
+    fn kombu_lists_are_named_as_kombu_names_them() {
+        assert_eq!(kombu_list("celery", 0), "celery");
+        assert_eq!(kombu_list("celery", 2), "celery");
+        assert_eq!(kombu_list("celery", 4), "celery\x06\x163");
+        assert_eq!(kombu_list("celery", 8), "celery\x06\x166");
+        assert_eq!(kombu_list("celery", 9), "celery\x06\x169");
+    }
 }

@@ -13,6 +13,7 @@
 //!   sizes, bounded text
 
 pub mod backoff;
+pub mod celery;
 pub mod clock;
 mod digest;
 pub mod grants;

@@ -91,18 +91,39 @@ pub(crate) fn admit(delivery: &Delivery, config: &WorkerConfig, now: u64) -> Adm
             Err(e) => unread(Turned::Malformed, e.to_string(), None),
         };
     }
-    let parsed = TaskMessage::parse(&delivery.payload, now).and_then(|m| {
-        let dot = m.split_task()?.0.len();
-        Ok((m, dot))
-    });
-    let (msg, dot) = match parsed {
-        Ok(m) => m,
+    match TaskMessage::parse(&delivery.payload, now) {
+        Ok(msg) => admit_message(delivery, msg, config, now),
+        Err(e) => unread(
+            Turned::Malformed,
+            e.to_string(),
+            salvage_id(&delivery.payload),
+        ),
+    }
+}
+
+/// Judge a message read from `delivery`: a Celeriac one, or a Celery one
+/// translated (see `celery`).
+pub(crate) fn admit_message(
+    delivery: &Delivery,
+    msg: TaskMessage,
+    config: &WorkerConfig,
+    now: u64,
+) -> Admission {
+    let dot = match msg.split_task() {
+        Ok((module, _)) => module.len(),
         Err(e) => {
-            return unread(
-                Turned::Malformed,
-                e.to_string(),
-                salvage_id(&delivery.payload),
-            );
+            let reason = e.to_string();
+            return Admission::Turned {
+                why: Turned::Malformed,
+                verdict: refuse(
+                    record(&msg, TaskState::Failure, config, now),
+                    "malformed",
+                    &reason,
+                    config,
+                ),
+                reason,
+                msg: Some(Box::new(msg)),
+            };
         }
     };
     let turned = |why, reason: String, verdict: Verdict, msg: TaskMessage| Admission::Turned {

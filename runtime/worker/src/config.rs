@@ -44,6 +44,9 @@ pub struct WorkerConfig {
     /// Task name → least time between two of its calls, across every
     /// worker sharing the broker.
     pub rate_limits: std::collections::HashMap<String, Duration>,
+    /// Celery queues to consume (Celery interop), and how their task names
+    /// run here.
+    pub celery: Option<crate::CeleryConfig>,
 }
 
 impl WorkerConfig {
@@ -73,6 +76,7 @@ impl Default for WorkerConfig {
             heartbeat: Duration::from_secs(2),
             track_started: false,
             rate_limits: Default::default(),
+            celery: None,
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   ([`keeper`]).
 
 mod admit;
+mod celery;
 mod components;
 mod config;
 mod finisher;
@@ -40,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use celery::{CeleryConfig, CeleryName, CeleryRouter};
 use config::hostname;
 pub use config::{WorkerConfig, WorkerSummary, default_worker_id};
 pub use kv::key_value;
@@ -183,6 +185,8 @@ impl Worker {
                 .clone()
                 .keep(self.broker.clone(), keeper_stop.clone()),
         );
+        // Celery messages are taken only while this worker takes work.
+        let ingress = tokio::spawn(self.clone().celery_ingress(shutdown.clone()));
         tracing::info!(worker = %self.config.id, queues = ?self.config.queues, concurrency = self.config.concurrency, broker = %self.broker.describe(), "worker started");
 
         let concurrency = self.config.concurrency.max(1) as usize;
@@ -259,6 +263,7 @@ impl Worker {
             }
         }
         tokens.fetch_stopped.cancel();
+        let _ = ingress.await;
         while let Ok(d) = reclaimed_rx.try_recv() {
             self.spawn_delivery(&mut tasks, d, Lane::First, &slots, &tokens, &done_tx);
         }
@@ -372,7 +377,14 @@ impl Worker {
     /// admit -> resolve -> run -> settle. Never panics on input: every bad
     /// message ends as a dead letter with the reason.
     async fn process(&self, delivery: &Delivery) -> Completion {
-        let (msg, verdict) = match admit(delivery, &self.config, now_ms()) {
+        let now = now_ms();
+        let (admission, celery) =
+            if celery::is_envelope(&delivery.payload) && !delivery.is_oversize() {
+                self.admit_celery(delivery, now).await
+            } else {
+                (admit(delivery, &self.config, now), None)
+            };
+        let (msg, verdict) = match admission {
             Admission::Run(task) if self.revocations.is_revoked(&task.msg) => {
                 let _span = task_span(&task.msg).entered();
                 tracing::info!("revoked: not run");
@@ -401,6 +413,17 @@ impl Worker {
         };
         let task = msg.as_ref().map_or("?", |m| m.task.as_str());
         metrics::task_finished(task, verdict.label());
+        if let Some(inbound) = celery {
+            let origin = format!("celeriac@{}", self.host);
+            return celery::completion(
+                delivery,
+                verdict,
+                &inbound,
+                &self.config,
+                &origin,
+                now_ms(),
+            );
+        }
         let effects = msg.as_ref().map_or_else(Default::default, |m| {
             flow::after_task(m, &verdict, &self.config, now_ms())
         });

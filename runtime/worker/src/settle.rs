@@ -372,7 +372,17 @@ pub(crate) fn completion(
 
 /// Done with no record of its own, setting off `effects` (a group's join).
 pub(crate) fn acked_with(delivery: &Delivery, effects: Effects) -> Completion {
-    let mut c = of_delivery(delivery, None, Disposition::Ack);
+    with_effects(delivery, Disposition::Ack, effects)
+}
+
+/// Disposed of as `disposition`, with no Celeriac record, setting off
+/// `effects` (a Celery message's completion).
+pub(crate) fn with_effects(
+    delivery: &Delivery,
+    disposition: Disposition,
+    effects: Effects,
+) -> Completion {
+    let mut c = of_delivery(delivery, None, disposition);
     c.effects = effects;
     c
 }
