@@ -12,9 +12,10 @@ ensure_wasm_target
 # makes its certificates with openssl.
 ensure_redis
 command -v openssl >/dev/null 2>&1 || apt_install openssl
-# Guest toolchains for the polyglot examples.
+# Guest toolchains for the polyglot examples; Celery (PyPI) as the
+# producer and worker of the interop tests.
 ensure_c
-ensure_python
+ensure_python celery='celery[redis]' redis=redis
 ensure_js
 
 cargo build --release --target wasm32-wasip2 -p math -p text -p misbehave -p web

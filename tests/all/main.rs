@@ -9,6 +9,7 @@ mod support;
 mod beat;
 mod broker;
 mod capabilities;
+mod celery;
 mod cli;
 mod control;
 mod hardening;

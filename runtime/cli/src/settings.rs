@@ -14,6 +14,13 @@
 //! task = "text.upper"
 //! args = ["hello"]
 //! cron = "0 */5 * * * *"
+//!
+//! [celery]               # see `celeriac worker --celery-queue`
+//! queues = ["celery"]
+//! result_expires = "1d"
+//! [celery.tasks]         # Celery names that are not `module.task`
+//! "myapp.tasks.add" = "math.add"
+//! "myapp.tasks.fetch" = { task = "web.fetch", max_retries = 5 }
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +71,43 @@ pub struct File {
     /// Periodic tasks by name (read by `celeriac beat`).
     #[serde(default)]
     pub beat: BTreeMap<String, toml::Table>,
+    /// Celery queues a worker consumes (read by `celeriac worker`).
+    #[serde(default)]
+    pub celery: Option<CelerySection>,
+}
+
+/// `[celery]`: Celery interop for workers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CelerySection {
+    /// kombu queues to consume, besides `--celery-queue`.
+    #[serde(default)]
+    pub queues: Vec<String>,
+    /// Celery's `result_expires` (e.g. "1d").
+    #[serde(default)]
+    pub result_expires: Option<String>,
+    /// Celery's `max_retries` for names that do not set one.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// Celery name → `module.task`, or `{ task, max_retries }`.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, CeleryTask>,
+}
+
+/// How one Celery name runs.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CeleryTask {
+    Task(String),
+    With(CeleryTaskOptions),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CeleryTaskOptions {
+    pub task: String,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
 }
 
 /// Settings from flags, environment and file together.

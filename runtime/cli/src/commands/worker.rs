@@ -11,28 +11,38 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capabilities::PolicyArgs;
 use crate::common::{BrokerArgs, LimitArgs};
-use crate::settings::SettingsArgs;
+use crate::settings::{CeleryTask, Settings, SettingsArgs};
 
 use celeriac_client::validate_queue;
 use celeriac_protocol::Backoff;
 use celeriac_protocol::units::{parse_duration, parse_size};
 use celeriac_sandbox::{Sandbox, SandboxConfig};
 use celeriac_signing::TrustStore;
-use celeriac_worker::{Worker, WorkerConfig, default_worker_id, install_prometheus, key_value};
+use celeriac_worker::{
+    CeleryConfig, CeleryName, CeleryRouter, Worker, WorkerConfig, default_worker_id,
+    install_prometheus, key_value,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Directory of trusted public keys: only components they signed run.
     #[arg(long, env = "CELERIAC_TRUST")]
     trust: PathBuf,
-    /// Queues to consume, comma-separated.
-    #[arg(
-        long,
-        env = "CELERIAC_QUEUES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
+    /// Queues to consume, comma-separated [default: default, unless Celery
+    /// queues are given].
+    #[arg(long, env = "CELERIAC_QUEUES", value_delimiter = ',')]
     queues: Vec<String>,
+    /// Celery queues to consume as well (kombu's lists on the same Redis):
+    /// tasks whose Celery name is `module.task` of an uploaded module, or
+    /// mapped in the settings' [celery.tasks], run here; others stay for
+    /// Celery's workers. Comma-separated; also [celery] queues.
+    #[arg(
+        long = "celery-queue",
+        value_name = "QUEUE",
+        env = "CELERIAC_CELERY_QUEUES",
+        value_delimiter = ','
+    )]
+    celery_queues: Vec<String>,
     /// Tasks run at once.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -108,7 +118,22 @@ pub struct Args {
     broker: BrokerArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    let settings = args.settings.load()?;
+    let celery = celery_config(&args.celery_queues, &settings)?;
+    if let Some(c) = &celery {
+        // A Celery queue is consumed as the Celeriac queue of its name.
+        for q in &c.queues {
+            if !args.queues.contains(q) {
+                args.queues.push(q.clone());
+            }
+        }
+        if args.broker.broker.starts_with("memory://") {
+            anyhow::bail!("Celery queues live in Redis: --celery-queue needs a redis:// broker");
+        }
+    } else if args.queues.is_empty() {
+        args.queues.push("default".into());
+    }
     for q in &args.queues {
         validate_queue(q)?;
     }
@@ -120,7 +145,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.visibility_timeout < Duration::from_secs(1) {
         anyhow::bail!("--visibility-timeout must be at least 1s");
     }
-    let settings = args.settings.load()?;
     let trust = TrustStore::load(&args.trust)?;
     let concurrency = args.concurrency.max(1);
     if args.max_components == 0 {
@@ -162,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         heartbeat: Duration::from_secs(2),
         track_started: args.track_started,
         rate_limits: settings.rate_limits.into_iter().collect(),
+        celery,
     };
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
@@ -198,6 +223,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Celery interop from `--celery-queue` and the settings' `[celery]`;
+/// `None` when neither names a queue.
+fn celery_config(flags: &[String], settings: &Settings) -> anyhow::Result<Option<CeleryConfig>> {
+    let section = settings.file.celery.as_ref();
+    let mut queues: Vec<String> = flags.iter().map(|q| q.trim().to_string()).collect();
+    for q in section.map(|s| s.queues.as_slice()).unwrap_or_default() {
+        if !queues.contains(q) {
+            queues.push(q.clone());
+        }
+    }
+    if queues.is_empty() {
+        if section.is_some_and(|s| !s.tasks.is_empty()) {
+            anyhow::bail!("[celery] maps tasks but names no queue: add queues or --celery-queue");
+        }
+        return Ok(None);
+    }
+    let mut config = CeleryConfig {
+        queues,
+        ..CeleryConfig::default()
+    };
+    if let Some(s) = section {
+        if let Some(e) = &s.result_expires {
+            config.result_expires = parse_duration(e)
+                .map_err(|err| anyhow::anyhow!("[celery] result_expires: {err}"))?;
+            celeriac_protocol::message::bounds::check_result_ttl(config.result_expires.as_secs())
+                .map_err(|err| anyhow::anyhow!("[celery] result_expires: {err}"))?;
+        }
+        if let Some(n) = s.max_retries {
+            config.max_retries = n.min(celeriac_protocol::bounds::MAX_RETRIES);
+        }
+        for (name, how) in &s.tasks {
+            let (task, max_retries) = match how {
+                CeleryTask::Task(t) => (t.clone(), None),
+                CeleryTask::With(o) => (o.task.clone(), o.max_retries),
+            };
+            if !task
+                .rsplit_once('.')
+                .is_some_and(|(m, t)| !m.is_empty() && !t.is_empty())
+            {
+                anyhow::bail!("[celery.tasks] `{name}` = `{task}`: expected module.task");
+            }
+            config
+                .names
+                .insert(name.clone(), CeleryName { task, max_retries });
+        }
+    }
+    let routes = settings.routes.clone();
+    if !routes.is_empty() {
+        config.router = Some(CeleryRouter(Arc::new(move |name: &str| {
+            routes.queue_for(name).map(str::to_string)
+        })));
+    }
+    Ok(Some(config))
 }
 
 /// A size flag within what Redis can store in one value (512 MiB) and at
