@@ -34,7 +34,10 @@ pub use celeriac_protocol::celery::is_envelope;
 /// worker's routes for its Celery name (`None`: the queue of the task that
 /// set it off).
 #[derive(Clone)]
-pub struct CeleryRouter(pub Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct CeleryRouter(pub Arc<RouteFn>);
+
+/// Celery name → queue.
+pub type RouteFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl std::fmt::Debug for CeleryRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
