@@ -70,9 +70,11 @@ enum Workload {
     SameCode,
     Io,
     Chord,
+    /// Celery's own producer (driver.py) against each worker.
+    CeleryProducer,
 }
 
-const ALL: [Workload; 7] = [
+const ALL: [Workload; 8] = [
     Workload::Noop,
     Workload::Latency,
     Workload::Cpu,
@@ -80,6 +82,7 @@ const ALL: [Workload; 7] = [
     Workload::SameCode,
     Workload::Io,
     Workload::Chord,
+    Workload::CeleryProducer,
 ];
 /// The chord workload: chords run one after another, timed each.
 const CHORD_ROUNDS: usize = 5;
@@ -133,6 +136,7 @@ impl Workload {
             Self::SameCode => "same-code",
             Self::Io => "io",
             Self::Chord => "chord",
+            Self::CeleryProducer => "celery-producer",
         }
     }
 
@@ -160,6 +164,7 @@ impl Workload {
             Self::Payload => 2_000,
             Self::Io => 5_000,
             Self::Chord => 1_000,
+            Self::CeleryProducer => 10_000,
         };
         if quick { n / 10 } else { n }
     }
@@ -174,6 +179,9 @@ impl Workload {
             Self::Io => format!("{n} × HTTP GET ({} ms server)", IO_DELAY.as_millis()),
             Self::Chord => format!(
                 "chord of {n} × add(i, i) → sum, submit to callback result (mean of {CHORD_ROUNDS})"
+            ),
+            Self::CeleryProducer => format!(
+                "{n} × add(i, i), sent and read by Celery's own producer (`apply_async`, result backend) to either worker"
             ),
         }
     }
@@ -382,7 +390,7 @@ async fn run_all(
     eprintln!("compiling the components into the workers' cache…");
     {
         let io = env.server.is_some();
-        let _compiler = celeriac_worker(env, &trust_dir, "compile", SLOTS, io)?;
+        let _compiler = celeriac_worker(env, &trust_dir, "compile", SLOTS, io, &[])?;
         let mut warm = vec![
             ("math.add", json!([1, 2])),
             ("text.sha256", json!(["x"])),
@@ -461,15 +469,18 @@ async fn rows_for(
     };
     let rate = |r: &Run| n as f64 / r.elapsed.as_secs_f64();
     let key = format!("{}ceiling", env.celeriac_prefix);
-    if matches!(w, Workload::Noop | Workload::Payload | Workload::Latency) {
+    if matches!(
+        w,
+        Workload::Noop | Workload::Payload | Workload::Latency | Workload::CeleryProducer
+    ) {
         eprintln!("{}: Redis ceiling…", w.name());
     }
     Ok(match w {
-        Workload::Noop | Workload::Payload => {
-            let size = if w == Workload::Noop {
-                256
-            } else {
+        Workload::Noop | Workload::Payload | Workload::CeleryProducer => {
+            let size = if w == Workload::Payload {
                 PAYLOAD_BYTES
+            } else {
+                256
             };
             let ceiling = ceiling_throughput(&env.redis, &key, n, size).await?;
             vec![row(
@@ -560,6 +571,7 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
     let watch = MemWatch::start(worker.0.id());
     let args: Vec<String> = match w {
         Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
+        Workload::CeleryProducer => vec!["noop".into(), n.to_string()],
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
         Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
@@ -623,16 +635,21 @@ async fn celeriac_run(
     w: Workload,
     n: usize,
 ) -> anyhow::Result<Run> {
+    if w == Workload::CeleryProducer {
+        return celeriac_for_celery(env, trust_dir, n);
+    }
     let worker = celeriac_worker(
         env,
         trust_dir,
         w.name(),
         w.celeriac_slots(),
         w == Workload::Io,
+        &[],
     )?;
     // Warm up with the workload's own component (loaded from the compile
     // cache), like a worker that has served it before.
     let warm = match w {
+        Workload::CeleryProducer => unreachable!("run above"),
         Workload::SameCode => call("py.fib", json!([1])),
         Workload::Cpu => call("math.fib", json!([1])),
         Workload::Payload => call("text.sha256", json!(["warm"])),
@@ -695,6 +712,7 @@ async fn celeriac_run(
             let reqs = (0..n).map(|_| call("web.get", json!([url]))).collect();
             bulk(broker, reqs, 1000, |_, v| v["status"] == 200).await?
         }
+        Workload::CeleryProducer => unreachable!("run above"),
         Workload::Chord => {
             let mut total = Duration::ZERO;
             for _ in 0..CHORD_ROUNDS {
@@ -729,6 +747,40 @@ async fn celeriac_run(
     })
 }
 
+/// The Celeriac worker on Celery's queue (`--celery-queue`, Celery's
+/// `global_keyprefix`, Celery's name `add` mapped to `math.add`), driven by
+/// the very driver.py run that drives the Celery worker.
+fn celeriac_for_celery(env: &Env, trust_dir: &Path, n: usize) -> anyhow::Result<Run> {
+    let settings = env.scratch.path().join("celery.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[celery]\nglobal_keyprefix = {:?}\n[celery.tasks]\n\"add\" = \"math.add\"\n",
+            env.celery_prefix
+        ),
+    )?;
+    let settings = settings.to_string_lossy().into_owned();
+    let worker = celeriac_worker(
+        env,
+        trust_dir,
+        Workload::CeleryProducer.name(),
+        SLOTS,
+        false,
+        &["--celery-queue", "bench", "--config", &settings],
+    )?;
+    driver(env, &["warmup".into()])?;
+    let watch = MemWatch::start(worker.0.id());
+    let out = driver(env, &["noop".into(), n.to_string()])?;
+    let mem = watch.stop();
+    drop(worker);
+    let elapsed = Duration::from_secs_f64(out["elapsed_s"].as_f64().context("no elapsed_s")?);
+    Ok(Run {
+        elapsed,
+        samples: Vec::new(),
+        mem,
+    })
+}
+
 /// A `celeriac worker` with `concurrency` slots; `loopback` lets its
 /// components reach 127.0.0.1 (the io server), which workers refuse by
 /// default.
@@ -738,6 +790,7 @@ fn celeriac_worker(
     name: &str,
     concurrency: &str,
     loopback: bool,
+    extra: &[&str],
 ) -> anyhow::Result<Worker> {
     let log = std::fs::File::create(env.scratch.path().join(format!("celeriac-{name}.log")))?;
     let mut cmd = Command::new(&env.celeriac_bin);
@@ -749,6 +802,7 @@ fn celeriac_worker(
     if loopback {
         cmd.args(["--allow-private", "127.0.0.1"]);
     }
+    cmd.args(extra);
     let worker = cmd
         .env("CELERIAC_CACHE_DIR", env.scratch.path().join("cache"))
         .env("CELERIAC_LOG", "warn")

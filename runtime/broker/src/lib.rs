@@ -355,6 +355,8 @@ pub struct Effects {
     pub celery_records: Vec<ResultWrite>,
     /// Messages for Celery queues (a Celery canvas' next steps).
     pub celery_sends: Vec<CelerySend>,
+    /// Celery's `global_keyprefix` for the two above (empty: none).
+    pub celery_prefix: String,
 }
 
 /// A Celery message to put on a Celery queue, as kombu's Redis transport
@@ -694,19 +696,26 @@ pub trait Broker: Send + Sync + 'static {
     /// wait there unread. A task runs here if its Celery name is in
     /// `names`, or is `module.task` of a registered module; any other
     /// message is left where it is, in order, for Celery's workers.
+    /// `key_prefix` is Celery's `global_keyprefix` (empty: none).
     async fn celery_ingest(
         &self,
+        key_prefix: &str,
         queues: &[String],
         names: &[String],
         backlog: usize,
     ) -> BrokerResult<Ingested> {
-        let _ = (queues, names, backlog);
+        let _ = (key_prefix, queues, names, backlog);
         Err(celery_unsupported())
     }
     /// Wait up to `timeout` for a message on kombu's lists of `queues`,
     /// taking none.
-    async fn celery_wait(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
-        let _ = (queues, timeout);
+    async fn celery_wait(
+        &self,
+        key_prefix: &str,
+        queues: &[String],
+        timeout: Duration,
+    ) -> BrokerResult<()> {
+        let _ = (key_prefix, queues, timeout);
         Err(celery_unsupported())
     }
 

@@ -659,7 +659,7 @@ impl RedisBroker {
             .chain(
                 e.celery_records
                     .iter()
-                    .map(|r| (celery_result_key(&r.task_id), r)),
+                    .map(|r| (celery_result_key(&e.celery_prefix, &r.task_id), r)),
             );
         let json = serde_json::json!({
             "records": records.map(|(key, r)| {
@@ -680,7 +680,7 @@ impl RedisBroker {
             }).unwrap_or_default(),
             "release": e.release.as_ref().map(|(k, id)| vec![self.unique_key(k), id.clone()]).unwrap_or_default(),
             "pushes": e.celery_sends.iter().map(|m| {
-                (kombu_list(&m.queue, m.priority), &m.envelope)
+                (kombu_list(&e.celery_prefix, &m.queue, m.priority), &m.envelope)
             }).collect::<Vec<_>>(),
         });
         json.to_string()
@@ -2010,6 +2010,7 @@ impl Broker for RedisBroker {
 
     async fn celery_ingest(
         &self,
+        key_prefix: &str,
         queues: &[String],
         names: &[String],
         backlog: usize,
@@ -2021,7 +2022,7 @@ impl Broker for RedisBroker {
             .flat_map(|q| {
                 KOMBU_STEPS.iter().map(move |step| {
                     let level = celeriac_protocol::message::level_queue(q, 9 - step);
-                    (kombu_list(q, *step), self.stream(&level))
+                    (kombu_list(key_prefix, q, *step), self.stream(&level))
                 })
             })
             .collect();
@@ -2050,10 +2051,19 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn celery_wait(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+    async fn celery_wait(
+        &self,
+        key_prefix: &str,
+        queues: &[String],
+        timeout: Duration,
+    ) -> BrokerResult<()> {
         let keys: Vec<String> = queues
             .iter()
-            .flat_map(|q| KOMBU_STEPS.iter().map(move |s| kombu_list(q, *s)))
+            .flat_map(|q| {
+                KOMBU_STEPS
+                    .iter()
+                    .map(move |s| kombu_list(key_prefix, q, *s))
+            })
             .collect();
         let conns = {
             let mut pool = self.celery_waiters.lock().await;
@@ -2134,8 +2144,8 @@ const KOMBU_STEPS: [u8; 4] = [0, 3, 6, 9];
 const INGEST_WINDOW: usize = 256;
 
 /// kombu's list for `queue` at `priority` (rounded down to its step, as
-/// kombu's Redis transport does).
-fn kombu_list(queue: &str, priority: u8) -> String {
+/// kombu's Redis transport does), under kombu's `global_keyprefix`.
+fn kombu_list(prefix: &str, queue: &str, priority: u8) -> String {
     let step = KOMBU_STEPS
         .iter()
         .rev()
@@ -2143,14 +2153,20 @@ fn kombu_list(queue: &str, priority: u8) -> String {
         .copied()
         .unwrap_or(0);
     match step {
-        0 => queue.to_string(),
-        s => format!("{queue}\x06\x16{s}"),
+        0 => format!("{prefix}{queue}"),
+        s => format!("{prefix}{queue}\x06\x16{s}"),
     }
 }
 
-/// Where Celery's Redis result backend keeps a task's record.
-fn celery_result_key(id: &str) -> String {
-    format!("celery-task-meta-{id}")
+/// Where Celery's Redis result backend keeps a task's record: under its
+/// `global_keyprefix`, to which Celery adds `_` unless it ends in one of
+/// `:_-.`.
+fn celery_result_key(prefix: &str, id: &str) -> String {
+    let sep = match prefix.chars().last() {
+        Some(c) if !":_-.".contains(c) => "_",
+        _ => "",
+    };
+    format!("{prefix}{sep}celery-task-meta-{id}")
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -2252,14 +2268,17 @@ fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::kombu_list;
+    use super::{celery_result_key, kombu_list};
 
     #[test]
-    fn kombu_lists_are_named_as_kombu_names_them() {
-        assert_eq!(kombu_list("celery", 0), "celery");
-        assert_eq!(kombu_list("celery", 2), "celery");
-        assert_eq!(kombu_list("celery", 4), "celery\x06\x163");
-        assert_eq!(kombu_list("celery", 8), "celery\x06\x166");
-        assert_eq!(kombu_list("celery", 9), "celery\x06\x169");
+    fn celerys_keys_are_named_as_celery_names_them() {
+        assert_eq!(kombu_list("", "celery", 0), "celery");
+        assert_eq!(kombu_list("", "celery", 2), "celery");
+        assert_eq!(kombu_list("", "celery", 4), "celery\x06\x163");
+        assert_eq!(kombu_list("", "celery", 8), "celery\x06\x166");
+        assert_eq!(kombu_list("app:", "celery", 9), "app:celery\x06\x169");
+        assert_eq!(celery_result_key("", "t"), "celery-task-meta-t");
+        assert_eq!(celery_result_key("app:", "t"), "app:celery-task-meta-t");
+        assert_eq!(celery_result_key("app", "t"), "app_celery-task-meta-t");
     }
 }

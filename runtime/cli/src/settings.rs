@@ -18,6 +18,7 @@
 //! [celery]               # see `celeriac worker --celery-queue`
 //! queues = ["celery"]
 //! result_expires = "1d"
+//! global_keyprefix = "app:"   # Celery's transport option, if set
 //! [celery.tasks]         # Celery names that are not `module.task`
 //! "myapp.tasks.add" = "math.add"
 //! "myapp.tasks.fetch" = { task = "web.fetch", max_retries = 5 }
@@ -89,6 +90,9 @@ pub struct CelerySection {
     /// Celery's `max_retries` for names that do not set one.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Celery's `global_keyprefix` transport option, if it sets one.
+    #[serde(default)]
+    pub global_keyprefix: Option<String>,
     /// Celery name → `module.task`, or `{ task, max_retries }`.
     #[serde(default)]
     pub tasks: BTreeMap<String, CeleryTask>,

@@ -67,6 +67,9 @@ pub struct CeleryConfig {
     /// `max_retries` of names mapped without one (Celery's default, 3).
     pub max_retries: u32,
     pub router: Option<CeleryRouter>,
+    /// Celery's `global_keyprefix` (its broker and result backend transport
+    /// option), empty for none.
+    pub key_prefix: String,
 }
 
 impl Default for CeleryConfig {
@@ -77,6 +80,7 @@ impl Default for CeleryConfig {
             result_expires: Duration::from_secs(24 * 3600),
             max_retries: celeriac_protocol::celery::DEFAULT_MAX_RETRIES,
             router: None,
+            key_prefix: String::new(),
         }
     }
 }
@@ -110,7 +114,7 @@ impl Worker {
         while !stop.is_cancelled() {
             let pause = match self
                 .broker
-                .celery_ingest(&cfg.queues, &names, backlog)
+                .celery_ingest(&cfg.key_prefix, &cfg.queues, &names, backlog)
                 .await
             {
                 Ok(i) => {
@@ -142,7 +146,7 @@ impl Worker {
                     match pause {
                         Some(p) => tokio::time::sleep(p).await,
                         None => {
-                            if let Err(e) = self.broker.celery_wait(&cfg.queues, Duration::from_secs(1)).await {
+                            if let Err(e) = self.broker.celery_wait(&cfg.key_prefix, &cfg.queues, Duration::from_secs(1)).await {
                                 tracing::debug!(error = %e, "waiting on Celery queues");
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }
@@ -264,7 +268,10 @@ pub(crate) fn completion(
             false => delivery.payload.to_string(),
         };
     }
-    let mut fx = Effects::default();
+    let mut fx = Effects {
+        celery_prefix: cfg.key_prefix.clone(),
+        ..Effects::default()
+    };
     if let Some((state, error, result)) = outcome {
         let steps = Steps {
             cfg,

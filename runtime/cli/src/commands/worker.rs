@@ -252,6 +252,9 @@ fn celery_config(flags: &[String], settings: &Settings) -> anyhow::Result<Option
             celeriac_protocol::message::bounds::check_result_ttl(config.result_expires.as_secs())
                 .map_err(|err| anyhow::anyhow!("[celery] result_expires: {err}"))?;
         }
+        if let Some(p) = &s.global_keyprefix {
+            config.key_prefix = p.clone();
+        }
         if let Some(n) = s.max_retries {
             config.max_retries = n.min(celeriac_protocol::bounds::MAX_RETRIES);
         }
