@@ -31,13 +31,19 @@ fn python() -> PathBuf {
 struct Celery {
     f: Fixture,
     queue: String,
+    /// Celery's `global_keyprefix`, if the test sets one.
+    keyprefix: String,
 }
 
 impl Celery {
     async fn new(modules: &[&str]) -> Self {
         let f = Fixture::new(modules).await;
         let queue = format!("cq-{}", f.prefix().trim_end_matches(':'));
-        Self { f, queue }
+        Self {
+            f,
+            queue,
+            keyprefix: String::new(),
+        }
     }
 
     /// Python, with this test's broker and queue for Celery.
@@ -45,6 +51,7 @@ impl Celery {
         let mut c = Command::new(python());
         c.env("CELERY_BROKER_URL", self.f.url())
             .env("CELERY_QUEUE", &self.queue)
+            .env("CELERY_KEYPREFIX", &self.keyprefix)
             .env("PYTHONDONTWRITEBYTECODE", "1");
         c
     }
@@ -90,7 +97,10 @@ impl Celery {
     }
 
     fn list_len(&self) -> usize {
-        self.f.redis().llen(&self.queue).unwrap()
+        self.f
+            .redis()
+            .llen(format!("{}{}", self.keyprefix, self.queue))
+            .unwrap()
     }
 }
 
@@ -100,8 +110,8 @@ impl Drop for Celery {
         let lists: Vec<String> = [0, 3, 6, 9]
             .iter()
             .map(|p| match p {
-                0 => self.queue.clone(),
-                p => format!("{}\x06\x16{p}", self.queue),
+                0 => format!("{}{}", self.keyprefix, self.queue),
+                p => format!("{}{}\x06\x16{p}", self.keyprefix, self.queue),
             })
             .collect();
         let _: Result<(), _> = r.del(lists);
@@ -135,16 +145,28 @@ async fn send_task_get_returns_the_value_and_failures_raise_with_the_cause() {
     let r = c.get("misbehave.sleep", json!([5000]), &["--time-limit", "0.3"]);
     assert_eq!(r["error_type"], "TimeLimitExceeded", "{r}");
     assert!(r["elapsed"].as_f64().unwrap() < 4.0, "{r}");
+    // A soft limit tells the task to wrap up, which this one does.
+    let r = c.get(
+        "misbehave.patient",
+        json!([5.0]),
+        &["--soft-time-limit", "0.3"],
+    );
+    assert_eq!(r["value"]["stopped"], json!(true), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celery_names_map_to_modules_through_the_settings() {
-    let c = Celery::new(&["math"]).await;
+    let mut c = Celery::new(&["math"]).await;
+    // Celery configured with a global_keyprefix, Celeriac told the same.
+    c.keyprefix = format!("{}app:", c.f.prefix());
     let settings = c.f.cache_dir().join("celeriac.toml");
     std::fs::write(
         &settings,
-        "[celery.tasks]\n\"myapp.tasks.add\" = \"math.add\"\n\
-         \"myapp.tasks.mul\" = { task = \"math.mul\", max_retries = 0 }\n",
+        format!(
+            "[celery]\nglobal_keyprefix = {:?}\n[celery.tasks]\n\"myapp.tasks.add\" = \"math.add\"\n\
+             \"myapp.tasks.mul\" = {{ task = \"math.mul\", max_retries = 0 }}\n",
+            c.keyprefix
+        ),
     )
     .unwrap();
     let _w = c
@@ -211,6 +233,21 @@ async fn chains_and_links_run_across_celeriac_tasks() {
     let r = c.run(&["chain-fails"]);
     assert_eq!(r["state"], "FAILURE", "{r}");
     assert!(r["error"].as_str().unwrap().contains("broken step"), "{r}");
+
+    // Groups: each member's record carries the group; GroupResult reads them.
+    let r = c.run(&["group"]);
+    assert_eq!(r["value"], json!([0, 2, 4, 6, 8]), "{r}");
+    // Chords with a Celeriac header are refused with the reason, not left
+    // hanging.
+    let r = c.run(&["chord"]);
+    assert_eq!(r["state"], "FAILURE", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("chords whose header tasks run on Celeriac"),
+        "{r}"
+    );
 
     let r = c.run(&["link"]);
     assert_eq!((&r["value"], &r["callback"]), (&json!(2), &json!(6)), "{r}");
@@ -378,4 +415,74 @@ async fn celery_and_celeriac_workers_share_a_queue_each_running_their_own() {
     for (i, r) in got["results"].as_array().unwrap().iter().enumerate() {
         assert_eq!(r["value"], json!({"echo": i, "by": "celery"}), "{got}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_moves_only_its_own_tasks_keeps_order_and_bounds_the_backlog() {
+    let c = Celery::new(&["math"]).await;
+    let mut r = c.f.redis();
+    let env = |task: &str, tag: &str| {
+        json!({"body": "", "headers": {"task": task, "id": tag}}).to_string()
+    };
+    // Oldest first: kombu pushes on the left and pops on the right.
+    let oldest_first = [
+        env("other.thing", "a"),
+        env("math.add", "1"),
+        "not json".to_string(),
+        env("myapp.mapped", "2"),
+        env("other.thing", "b"),
+        env("math.add", "3"),
+    ];
+    for m in &oldest_first {
+        let _: () = r.lpush(&c.queue, m).unwrap();
+    }
+    let high = format!("{}\x06\x169", c.queue);
+    let _: () = r.lpush(&high, env("math.mul", "9")).unwrap();
+    let queues = vec![c.queue.clone()];
+    let names = vec!["myapp.mapped".to_string()];
+    let broker = c.f.broker.as_ref();
+
+    let first = broker.celery_ingest("", &queues, &names, 2).await.unwrap();
+    assert_eq!((first.moved, first.full), (2, false), "{first:?}");
+    // Room for two: none more while they wait unread.
+    let full = broker.celery_ingest("", &queues, &names, 2).await.unwrap();
+    assert!(full.full && full.moved == 0, "{full:?}");
+    let rest = broker
+        .celery_ingest("", &queues, &names, 100)
+        .await
+        .unwrap();
+    assert_eq!((rest.moved, rest.left), (2, 3), "{rest:?}");
+
+    // What Celeriac does not run stays, in order.
+    let mut left: Vec<String> = r.lrange(&c.queue, 0, -1).unwrap();
+    left.reverse();
+    assert_eq!(
+        left,
+        [
+            oldest_first[0].clone(),
+            oldest_first[2].clone(),
+            oldest_first[4].clone()
+        ]
+    );
+    // Moved in order, kombu's priority 0 first, then the rest on their
+    // levels (kombu's 9, the lowest, is Celeriac's level 0).
+    let level = |q: &str| -> Vec<String> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(c.f.key(q))
+            .arg("-")
+            .arg("+")
+            .query(&mut c.f.redis())
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(_, f)| {
+                serde_json::from_str::<Value>(&f[0].1).unwrap()["headers"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(level(&format!("queue:{{{}}}:9", c.queue)), ["1", "2", "3"]);
+    assert_eq!(level(&format!("queue:{{{}}}", c.queue)), ["9"]);
 }

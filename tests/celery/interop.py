@@ -15,10 +15,14 @@ import sys
 import time
 import uuid
 
-from celery import Celery, chain
+from celery import Celery, chain, chord, group
 
 BROKER = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 app = Celery("interop", broker=BROKER, backend=BROKER)
+KEYPREFIX = os.environ.get("CELERY_KEYPREFIX")
+if KEYPREFIX:
+    app.conf.broker_transport_options = {"global_keyprefix": KEYPREFIX}
+    app.conf.result_backend_transport_options = {"global_keyprefix": KEYPREFIX}
 app.conf.update(
     task_serializer="json",
     result_serializer="json",
@@ -58,6 +62,7 @@ def main():
     p.add_argument("--countdown", type=float)
     p.add_argument("--expires", type=float)
     p.add_argument("--time-limit", type=float)
+    p.add_argument("--soft-time-limit", type=float)
     a = p.parse_args()
     out = {}
     if a.scenario == "get":
@@ -70,6 +75,8 @@ def main():
             opts["expires"] = a.expires
         if a.time_limit is not None:
             opts["time_limit"] = a.time_limit
+        if a.soft_time_limit is not None:
+            opts["soft_time_limit"] = a.soft_time_limit
         out = outcome(app.send_task(name, args, **opts), a.timeout)
     elif a.scenario == "chain":
         # chain(add.s(2, 2), add.s(4), mul.s(10)): both steps on Celeriac.
@@ -84,6 +91,13 @@ def main():
     elif a.scenario == "chain-fails":
         c = chain(app.signature("misbehave.fatal", ("broken step",)), app.signature("math.add", (4,)))
         out = outcome(c.delay(), a.timeout)
+    elif a.scenario == "chord":
+        # A chord whose header runs on Celeriac: refused with the reason.
+        header = [app.signature("math.add", (1, 1)), app.signature("math.add", (2, 2))]
+        out = outcome(chord(header)(app.signature("math.sum")), a.timeout)
+    elif a.scenario == "group":
+        g = group(app.signature("math.add", (i, i)) for i in range(5))
+        out = {"value": g.apply_async().get(timeout=a.timeout)}
     elif a.scenario == "link":
         # link / link_error callbacks, waited on by the ids fixed for them.
         cb_id, eb_id = str(uuid.uuid4()), str(uuid.uuid4())

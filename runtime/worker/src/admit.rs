@@ -44,6 +44,8 @@ pub(crate) enum Turned {
     /// Its eta is ahead (a producer clock ahead of ours): back to wait in
     /// the broker.
     Early,
+    /// What it needs could not be read (the broker hiccuped): handed back.
+    Unavailable,
 }
 
 #[derive(Debug)]

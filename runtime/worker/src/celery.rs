@@ -102,14 +102,17 @@ impl CeleryConfig {
 impl Worker {
     /// Move Celery messages onto this worker's queues until `stop`: right
     /// away while there are some, waiting (without taking any) on kombu's
-    /// lists when there are none, and only while few enough wait unread on
-    /// the Celeriac side that a crash of this worker strands nothing.
+    /// lists when there are none, and only while few wait unread on the
+    /// Celeriac side (where any worker of the queue takes them).
     pub(crate) async fn celery_ingress(self: Arc<Self>, stop: CancellationToken) {
         let Some(cfg) = &self.config.celery else {
             return;
         };
         let names: Vec<String> = cfg.names.keys().cloned().collect();
-        let backlog = (self.config.concurrency + self.config.prefetch).max(1) as usize;
+        // Enough waiting on the Celeriac side that the fetch never runs dry
+        // between two looks (5 ms apart when full), few enough that Celery's
+        // view of its queue stays close to the truth.
+        let backlog = (4 * (self.config.concurrency + self.config.prefetch) as usize).max(256);
         let mut reconnect = Reconnect::new();
         while !stop.is_cancelled() {
             let pause = match self
@@ -125,7 +128,7 @@ impl Worker {
                     }
                     if i.full {
                         // Enough waiting here: look again as they drain.
-                        Some(Duration::from_millis(10))
+                        Some(Duration::from_millis(5))
                     } else if i.left > 0 {
                         // Only Celery's own tasks wait: poll, as waiting on
                         // the list would return at once.
@@ -202,13 +205,14 @@ impl Worker {
                 return (refused(reason), Some(inbound));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "could not resolve a module; requeueing");
+                // Not straight back: the broker is struggling.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let verdict = Verdict {
                     record: None,
                     disposition: Disposition::Requeue,
                 };
-                return (turned(Turned::Early, e.to_string(), verdict), Some(inbound));
+                let reason = format!("module `{module}`: {e}");
+                return (turned(Turned::Unavailable, reason, verdict), Some(inbound));
             }
         };
         let base = split_level(&delivery.queue).0;
@@ -425,8 +429,9 @@ impl Steps<'_> {
     }
 
     /// A chord's header member: Celeriac does not take part in Celery's
-    /// chord counting (see the README), so the chord's body fails with the
-    /// reason rather than leaving its producer waiting for ever.
+    /// chord join (Celery's internals, changed between releases: see the
+    /// README), so the chord's body fails with the reason rather than
+    /// leaving its producer waiting for ever.
     fn refuse_chord(&self, fx: &mut Effects) {
         let Some(id) = self.inbound.embed.chord.as_ref().and_then(signature_id) else {
             return;

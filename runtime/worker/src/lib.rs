@@ -627,6 +627,7 @@ fn log_turned(
         Turned::Poison => tracing::warn!(%reason, "dead-lettering poison message"),
         Turned::Expired => tracing::info!(%reason, "revoked"),
         Turned::Early => tracing::debug!(%reason, "early: back to wait for its eta"),
+        Turned::Unavailable => tracing::warn!(%reason, "requeueing: cannot read what it needs"),
     }
 }
 
