@@ -110,10 +110,13 @@ impl Worker {
         };
         let names: Vec<String> = cfg.names.keys().cloned().collect();
         // Enough waiting on the Celeriac side that the fetch never runs dry
-        // between two looks (5 ms apart when full), few enough that Celery's
-        // view of its queue stays close to the truth.
+        // between two looks, few enough that Celery's view of its queue
+        // stays close to the truth.
         let backlog = (4 * (self.config.concurrency + self.config.prefetch) as usize).max(256);
         let mut reconnect = Reconnect::new();
+        // Looks while full back off from 5 to 50 ms: a fleet busy with long
+        // tasks does not keep Redis busy asking.
+        let mut full_pause = Duration::from_millis(5);
         while !stop.is_cancelled() {
             let pause = match self
                 .broker
@@ -124,11 +127,14 @@ impl Worker {
                     reconnect.succeeded();
                     if i.moved > 0 {
                         tracing::debug!(moved = i.moved, "took Celery messages");
+                        full_pause = Duration::from_millis(5);
                         continue;
                     }
                     if i.full {
                         // Enough waiting here: look again as they drain.
-                        Some(Duration::from_millis(5))
+                        let p = full_pause;
+                        full_pause = (full_pause * 2).min(Duration::from_millis(50));
+                        Some(p)
                     } else if i.left > 0 {
                         // Only Celery's own tasks wait: poll, as waiting on
                         // the list would return at once.
