@@ -3,7 +3,11 @@ object: elapsed seconds (first submit to last result), submit seconds, and
 per-task latencies in microseconds for the latency workload.
 
     python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES | io N URL
-                     | chord N ROUNDS
+                     | chord N ROUNDS | preload N FILE | drain FILE
+
+`preload` sends N add(i, i) with no worker running and keeps their ids in
+FILE; `drain`, once a worker runs, waits for every result and times the
+worker alone: from the first result's `date_done` to the last one's.
 """
 
 import hashlib
@@ -13,6 +17,7 @@ import random
 import string
 import sys
 import time
+from datetime import datetime
 
 import celery
 import redis
@@ -112,6 +117,24 @@ def main():
             times.append(time.perf_counter() - t)
             assert v == n * (n - 1), f"chord gave {v}"
         out = {"elapsed_s": sum(times) / len(times)}
+    elif what == "preload":
+        n, path = int(sys.argv[2]), sys.argv[3]
+        with app.producer_or_acquire() as producer:
+            ids = [add.apply_async((i, i), producer=producer).id for i in range(n)]
+        with open(path, "w") as f:
+            json.dump(ids, f)
+        out = {"sent": n}
+    elif what == "drain":
+        with open(sys.argv[2]) as f:
+            ids = json.load(f)
+        deadline = time.monotonic() + 600
+        while missing(ids, lambda k, v: v == 2 * k):
+            if time.monotonic() > deadline:
+                sys.exit("timed out waiting for the preloaded tasks")
+            time.sleep(0.05)
+        keys = [f"{PREFIX}celery-task-meta-{i}" for i in ids]
+        done = [datetime.fromisoformat(json.loads(m)["date_done"]) for m in r.mget(keys)]
+        out = {"elapsed_s": (max(done) - min(done)).total_seconds()}
     else:
         sys.exit(f"unknown workload {what!r}")
     print(json.dumps(out))

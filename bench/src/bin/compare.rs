@@ -181,7 +181,7 @@ impl Workload {
                 "chord of {n} × add(i, i) → sum, submit to callback result (mean of {CHORD_ROUNDS})"
             ),
             Self::CeleryProducer => format!(
-                "{n} × add(i, i), sent and read by Celery's own producer (`apply_async`, result backend) to either worker"
+                "{n} × add(i, i) queued by Celery's own producer (`apply_async`) before the worker starts; first to last result"
             ),
         }
     }
@@ -552,6 +552,11 @@ async fn rows_for(
 // producer.
 
 fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(Run, Value)> {
+    // The same messages for either worker, queued before it starts.
+    let preloaded = env.scratch.path().join("celery-ids.json");
+    if w == Workload::CeleryProducer {
+        preload(env, n, &preloaded)?;
+    }
     let name = format!("celery-{}-{}.log", w.name(), pool.name());
     let log = std::fs::File::create(env.scratch.path().join(name))?;
     // `-P gevent`: Celery monkey-patches the process before loading the app.
@@ -567,11 +572,15 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
         .spawn()
         .context("start the Celery worker")?;
     let worker = Worker(worker);
-    let versions = driver(env, &["warmup".into()])?;
     let watch = MemWatch::start(worker.0.id());
+    let versions = match w {
+        // Its warm-up would run behind the preloaded tasks.
+        Workload::CeleryProducer => json!({}),
+        _ => driver(env, &["warmup".into()])?,
+    };
     let args: Vec<String> = match w {
         Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
-        Workload::CeleryProducer => vec!["noop".into(), n.to_string()],
+        Workload::CeleryProducer => vec!["drain".into(), path_arg(&preloaded)],
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
         Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
@@ -747,9 +756,19 @@ async fn celeriac_run(
     })
 }
 
+/// Queue `n` tasks with Celery's producer (driver.py), no worker running.
+fn preload(env: &Env, n: usize, ids: &Path) -> anyhow::Result<()> {
+    driver(env, &["preload".into(), n.to_string(), path_arg(ids)])?;
+    Ok(())
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
 /// The Celeriac worker on Celery's queue (`--celery-queue`, Celery's
-/// `global_keyprefix`, Celery's name `add` mapped to `math.add`), driven by
-/// the very driver.py run that drives the Celery worker.
+/// `global_keyprefix`, Celery's name `add` mapped to `math.add`), draining
+/// what Celery's producer (driver.py) queued, timed as the Celery worker is.
 fn celeriac_for_celery(env: &Env, trust_dir: &Path, n: usize) -> anyhow::Result<Run> {
     let settings = env.scratch.path().join("celery.toml");
     std::fs::write(
@@ -760,6 +779,8 @@ fn celeriac_for_celery(env: &Env, trust_dir: &Path, n: usize) -> anyhow::Result<
         ),
     )?;
     let settings = settings.to_string_lossy().into_owned();
+    let preloaded = env.scratch.path().join("celeriac-ids.json");
+    preload(env, n, &preloaded)?;
     let worker = celeriac_worker(
         env,
         trust_dir,
@@ -768,9 +789,8 @@ fn celeriac_for_celery(env: &Env, trust_dir: &Path, n: usize) -> anyhow::Result<
         false,
         &["--celery-queue", "bench", "--config", &settings],
     )?;
-    driver(env, &["warmup".into()])?;
     let watch = MemWatch::start(worker.0.id());
-    let out = driver(env, &["noop".into(), n.to_string()])?;
+    let out = driver(env, &["drain".into(), path_arg(&preloaded)])?;
     let mem = watch.stop();
     drop(worker);
     let elapsed = Duration::from_secs_f64(out["elapsed_s"].as_f64().context("no elapsed_s")?);
