@@ -259,6 +259,18 @@ async fn chains_and_links_run_across_celeriac_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_started_shows_started_to_celery() {
+    let c = Celery::new(&["misbehave"]).await;
+    let _w = c.worker("cw-started", &["--track-started"]).await;
+    let r = c.run(&["started"]);
+    assert_eq!(r["value"], json!(1500), "{r}");
+    assert!(
+        r["seen"].as_array().unwrap().contains(&json!("STARTED")),
+        "{r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ignore_result_runs_the_task_and_stores_nothing() {
     let c = Celery::new(&["math"]).await;
     let w = c.worker("cw-ignore", &["--concurrency", "1"]).await;

@@ -209,12 +209,12 @@ async fn revoked_tasks_never_run_even_after_a_worker_restart() {
         ..quick_config("rev")
     });
     for id in [&queued, &delayed] {
-        let r = finished(b, id, Duration::from_secs(10)).await;
+        let r = finished(b, id, Duration::from_secs(30)).await;
         assert_eq!(r.state, TaskState::Revoked, "{r:?}");
         assert_eq!(r.error.unwrap().kind, "revoked");
     }
     assert_eq!(
-        finished(b, &kept, Duration::from_secs(10)).await.result,
+        finished(b, &kept, Duration::from_secs(30)).await.result,
         Some(json!(6))
     );
     assert_eq!(w.worker.processed(), 1, "only the task not revoked ran");
@@ -244,7 +244,7 @@ async fn terminate_stops_a_running_task_at_once() {
         let asked = Instant::now();
         let out = f.celeriac(&["revoke", "--terminate", &id]);
         assert!(out.status.success(), "{out:?}");
-        let r = finished(b, &id, Duration::from_secs(10)).await;
+        let r = finished(b, &id, Duration::from_secs(30)).await;
         let took = asked.elapsed();
         assert_eq!(r.state, TaskState::Revoked, "{task}: {r:?}");
         assert!(r.error.unwrap().message.contains("terminated"));
@@ -276,10 +276,10 @@ async fn revoking_a_workflow_revokes_what_has_not_run() {
     .await
     .unwrap();
     // The running step finishes; the next is revoked, and so is the end.
-    let first = finished(b, &status.members[0].id, Duration::from_secs(10)).await;
+    let first = finished(b, &status.members[0].id, Duration::from_secs(30)).await;
     assert_eq!(first.state, TaskState::Success);
     for m in &status.members[1..] {
-        let r = finished(b, &m.id, Duration::from_secs(10)).await;
+        let r = finished(b, &m.id, Duration::from_secs(30)).await;
         assert_eq!(r.state, TaskState::Revoked, "{r:?}");
     }
 }
@@ -341,7 +341,7 @@ async fn a_unique_key_drops_duplicates_while_the_first_is_queued_or_running() {
         queues: vec!["uniq".into()],
         ..quick_config("uniq")
     });
-    finished(b, &first, Duration::from_secs(10)).await;
+    finished(b, &first, Duration::from_secs(30)).await;
     let out = waiter.await.unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "300");
@@ -382,7 +382,7 @@ async fn routes_from_the_settings_file_and_batches_from_a_file() {
         "text.*=words",
     ]));
     for (task, queue) in [(&add, "arith"), (&fib, "cpu"), (&upper, "words")] {
-        let r = finished(b, task, Duration::from_secs(10)).await;
+        let r = finished(b, task, Duration::from_secs(30)).await;
         assert_eq!(r.queue, queue, "{r:?}");
     }
     // A batch: one line per task, routed the same way, in one command.
@@ -404,7 +404,7 @@ async fn routes_from_the_settings_file_and_batches_from_a_file() {
     let mut results = Vec::new();
     for i in &ids {
         results.push(
-            finished(b, i, Duration::from_secs(10))
+            finished(b, i, Duration::from_secs(30))
                 .await
                 .result
                 .unwrap(),

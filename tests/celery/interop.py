@@ -88,6 +88,16 @@ def main():
         r = c.delay()
         out = outcome(r, a.timeout)
         out["parent"] = r.parent.get(timeout=a.timeout)
+    elif a.scenario == "started":
+        # With task_track_started on the worker: STARTED while it runs.
+        r = app.send_task("misbehave.sleep", (1500,))
+        seen = set()
+        deadline = time.monotonic() + a.timeout
+        while not r.ready() and time.monotonic() < deadline:
+            seen.add(r.state)
+            time.sleep(0.02)
+        out = outcome(r, a.timeout)
+        out["seen"] = sorted(seen)
     elif a.scenario == "chain-fails":
         c = chain(app.signature("misbehave.fatal", ("broken step",)), app.signature("math.add", (4,)))
         out = outcome(c.delay(), a.timeout)

@@ -324,6 +324,30 @@ pub(crate) fn completion(
     settle::with_effects(delivery, disposition, fx)
 }
 
+/// Celery's STARTED record for `inbound` (a worker with `--track-started`,
+/// as Celery's `task_track_started`).
+pub(crate) fn started(inbound: &Inbound, config: &WorkerConfig, now: u64) -> Effects {
+    let default = CeleryConfig::default();
+    let cfg = config.celery.as_ref().unwrap_or(&default);
+    let meta = Meta {
+        task_id: &inbound.id,
+        state: TaskState::Started,
+        result: Cow::Borrowed("null"),
+        traceback: None,
+        group_id: inbound.group.as_deref(),
+        parent_id: inbound.parent_id.as_deref(),
+    };
+    Effects {
+        celery_records: vec![ResultWrite {
+            task_id: inbound.id.clone(),
+            json: meta.to_json(now),
+            ttl: cfg.result_expires,
+        }],
+        celery_prefix: cfg.key_prefix.clone(),
+        ..Effects::default()
+    }
+}
+
 /// What one completion sets off in a Celery canvas.
 struct Steps<'a> {
     cfg: &'a CeleryConfig,

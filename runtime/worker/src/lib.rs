@@ -394,7 +394,10 @@ impl Worker {
             }
             Admission::Run(task) => {
                 let span = task_span(&task.msg);
-                let verdict = self.resolve_and_run(&task).instrument(span).await;
+                let verdict = self
+                    .resolve_and_run(&task, celery.as_deref())
+                    .instrument(span)
+                    .await;
                 (Some(task.msg), verdict)
             }
             Admission::Join(join) => {
@@ -446,7 +449,11 @@ impl Worker {
         settle::acked_with(delivery, effects)
     }
 
-    async fn resolve_and_run(&self, task: &Admitted) -> Verdict {
+    async fn resolve_and_run(
+        &self,
+        task: &Admitted,
+        celery: Option<&celeriac_protocol::celery::Inbound>,
+    ) -> Verdict {
         let msg = &task.msg;
         // Only a component a trusted key signed as this module comes back.
         let component = match self.components.get(&msg.digest, task.module()).await {
@@ -502,13 +509,23 @@ impl Worker {
         let limits = settle::effective_limits(&self.config.limits, msg);
         let started_at = now_ms();
         if self.config.track_started && !msg.ignore_result {
-            let started = settle::Record {
-                started_at: Some(started_at),
-                finished_at: None,
-                ..settle::record(msg, TaskState::Started, &self.config, started_at)
+            let stored = match celery {
+                // Where Celery's backend keeps it, as its task_track_started.
+                Some(inbound) => {
+                    let started = celery::started(inbound, &self.config, started_at);
+                    self.broker.apply(&started).await
+                }
+                None => {
+                    let started = settle::Record {
+                        started_at: Some(started_at),
+                        finished_at: None,
+                        ..settle::record(msg, TaskState::Started, &self.config, started_at)
+                    };
+                    let write = settle::result_write(&started, msg.result_ttl, &self.config);
+                    self.broker.set_result(&write).await
+                }
             };
-            let write = settle::result_write(&started, msg.result_ttl, &self.config);
-            if let Err(e) = self.broker.set_result(&write).await {
+            if let Err(e) = stored {
                 tracing::warn!(error = %e, "could not record STARTED");
             }
         }
