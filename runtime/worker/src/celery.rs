@@ -298,10 +298,10 @@ pub(crate) fn completion(
             },
         };
         let (value, traceback) = match &error {
-            Some(e) => (
-                Cow::Owned(exception(&e.kind, &e.message).to_string()),
-                Some(format!("celeriac: {}: {}", e.kind, e.message)),
-            ),
+            Some(e) => {
+                let (exc, tb) = failure(&e.kind, &e.message);
+                (Cow::Owned(exc), Some(tb))
+            }
             None => (Cow::Borrowed(result.unwrap_or("null")), None),
         };
         if !inbound.ignore_result {
@@ -346,6 +346,15 @@ pub(crate) fn started(inbound: &Inbound, config: &WorkerConfig, now: u64) -> Eff
         celery_prefix: cfg.key_prefix.clone(),
         ..Effects::default()
     }
+}
+
+/// A failure of `kind` as Celery's record holds it: the exception Python
+/// raises, and the traceback text.
+fn failure(kind: &str, message: &str) -> (String, String) {
+    (
+        exception(kind, message).to_string(),
+        format!("celeriac: {kind}: {message}"),
+    )
 }
 
 /// What one completion sets off in a Celery canvas.
@@ -402,15 +411,7 @@ impl Steps<'_> {
             Err(why) => {
                 tracing::warn!(reason = %why, "cannot send the next step");
                 if let Some(id) = signature_id(sig) {
-                    let exc = exception("canvas", &why).to_string();
-                    let tb = format!("celeriac: canvas: {why}");
-                    fx.celery_records.push(self.record(
-                        id,
-                        TaskState::Failure,
-                        Cow::Owned(exc),
-                        Some(&tb),
-                        false,
-                    ));
+                    self.fail(id, "canvas", &why, fx);
                 }
             }
         }
@@ -468,8 +469,12 @@ impl Steps<'_> {
         };
         let why = "chords whose header tasks run on Celeriac workers are not supported: \
                    use a group and join it in the producer, or Celeriac's own chords";
-        let exc = exception("unsupported", why).to_string();
-        let tb = format!("celeriac: unsupported: {why}");
+        self.fail(id, "unsupported", why, fx);
+    }
+
+    /// Fail another task's record (one this task would have set off).
+    fn fail(&self, id: &str, kind: &str, why: &str, fx: &mut Effects) {
+        let (exc, tb) = failure(kind, why);
         fx.celery_records.push(self.record(
             id,
             TaskState::Failure,
