@@ -357,6 +357,9 @@ pub struct Effects {
     pub celery_sends: Vec<CelerySend>,
     /// Celery's `global_keyprefix` for the two above (empty: none).
     pub celery_prefix: String,
+    /// Events (`celeriac_protocol::Event` JSON) to append to the event
+    /// stream with the ack: what the completion did, recorded once.
+    pub events: Vec<String>,
 }
 
 /// A Celery message to put on a Celery queue, as kombu's Redis transport
@@ -391,6 +394,7 @@ impl Effects {
             && self.release.is_none()
             && self.celery_records.is_empty()
             && self.celery_sends.is_empty()
+            && self.events.is_empty()
     }
 
     fn weight(&self) -> usize {
@@ -417,6 +421,7 @@ impl Effects {
                 .iter()
                 .map(|m| m.envelope.len() + 64)
                 .sum::<usize>()
+            + self.events.iter().map(|e| e.len() + 16).sum::<usize>()
     }
 }
 
@@ -720,6 +725,23 @@ pub trait Broker: Send + Sync + 'static {
     }
 
     // --- monitoring ---
+    /// Whether events are recorded (see [`BrokerOptions::events`]):
+    /// producers and workers build none when they are not.
+    fn events_enabled(&self) -> bool;
+    /// Append events (`celeriac_protocol::Event` JSON) to the capped event
+    /// stream; nothing when events are off.
+    async fn emit(&self, events: &[String]) -> BrokerResult<()>;
+    /// Events after the stream id `after` (`None`: only those to come), at
+    /// most `max`, waiting up to `block` for the first: `(id, json)`.
+    async fn read_events(
+        &self,
+        after: Option<&str>,
+        max: usize,
+        block: Duration,
+    ) -> BrokerResult<Vec<(String, String)>>;
+    /// The latest `max` events, oldest first.
+    async fn recent_events(&self, max: usize) -> BrokerResult<Vec<(String, String)>>;
+
     async fn queues(&self) -> BrokerResult<Vec<String>>;
     async fn queue_stats(&self, queue: &str) -> BrokerResult<QueueStats>;
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()>;
@@ -739,12 +761,21 @@ pub struct BrokerOptions {
     /// Waiting this long ranks a message one priority level higher, so
     /// that no level starves (see `RedisBroker`'s fetch).
     pub priority_aging: Duration,
+    /// Record task and worker events (`celeriac events`, the console).
+    pub events: bool,
+    /// Events kept (approximately: trimmed as Redis' `MAXLEN ~`).
+    pub events_kept: usize,
 }
+
+/// Events kept by default: minutes of a busy worker's history, a few MiB.
+pub const DEFAULT_EVENTS_KEPT: usize = 100_000;
 
 impl Default for BrokerOptions {
     fn default() -> Self {
         Self {
             priority_aging: Duration::from_secs(1),
+            events: true,
+            events_kept: DEFAULT_EVENTS_KEPT,
         }
     }
 }
@@ -761,7 +792,9 @@ pub async fn connect_with(
     options: &BrokerOptions,
 ) -> BrokerResult<Arc<dyn Broker>> {
     if url == "memory://" || url.starts_with("memory://") {
-        return Ok(Arc::new(MemoryBroker::new()));
+        return Ok(Arc::new(
+            MemoryBroker::new().with_events(options.events, options.events_kept),
+        ));
     }
     if url.starts_with("redis://")
         || url.starts_with("rediss://")
@@ -771,7 +804,8 @@ pub async fn connect_with(
         return Ok(Arc::new(
             RedisBroker::connect(url, prefix)
                 .await?
-                .with_priority_aging(options.priority_aging),
+                .with_priority_aging(options.priority_aging)
+                .with_events(options.events, options.events_kept),
         ));
     }
     Err(BrokerError::Url {

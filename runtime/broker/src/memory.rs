@@ -55,6 +55,11 @@ struct State {
     beat_last: HashMap<String, u64>,
     revoke_watchers: Vec<tokio::sync::mpsc::UnboundedSender<String>>,
     seq: u64,
+    /// Events by id (`<ms>-<seq>`, as a Redis stream's), the oldest dropped
+    /// past `events_kept`; `None` when events are off.
+    events: Option<VecDeque<(String, String)>>,
+    events_kept: usize,
+    event_seq: u64,
 }
 
 struct Group {
@@ -142,7 +147,17 @@ fn by_rank<'a>(s: &mut State, queues: &'a [String]) -> Vec<&'a String> {
 
 impl MemoryBroker {
     pub fn new() -> Self {
-        Self::default()
+        Self::default().with_events(true, crate::DEFAULT_EVENTS_KEPT)
+    }
+
+    /// Record events (or not), keeping the latest `kept`.
+    pub fn with_events(self, on: bool, kept: usize) -> Self {
+        {
+            let mut st = self.lock();
+            st.events = on.then(Default::default);
+            st.events_kept = kept.max(1);
+        }
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -152,9 +167,41 @@ impl MemoryBroker {
 }
 
 impl State {
+    fn push_events(&mut self, events: &[String]) {
+        let Some(log) = self.events.as_mut() else {
+            return;
+        };
+        let ms = now_ms();
+        for e in events {
+            self.event_seq += 1;
+            log.push_back((format!("{ms}-{}", self.event_seq), e.clone()));
+        }
+        while log.len() > self.events_kept {
+            log.pop_front();
+        }
+    }
+
+    /// Events after `after` (by position: ids grow), at most `max`.
+    fn events_after(&self, after: &str, max: usize) -> Vec<(String, String)> {
+        let Some(log) = &self.events else {
+            return Vec::new();
+        };
+        let key = |id: &str| -> (u64, u64) {
+            let (a, b) = id.split_once('-').unwrap_or((id, "0"));
+            (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
+        };
+        let after = key(after);
+        log.iter()
+            .filter(|(id, _)| key(id) > after)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
     /// As the Redis broker's `EFFECTS_LUA`; true if messages were added.
     fn apply(&mut self, e: &Effects) -> bool {
         let now = Instant::now();
+        self.push_events(&e.events);
         for r in &e.records {
             self.results
                 .insert(r.task_id.clone(), (r.json.clone(), now + r.ttl));
@@ -887,6 +934,53 @@ impl Broker for MemoryBroker {
         let n = q.dead.len() as u64;
         q.dead.clear();
         Ok(n)
+    }
+
+    fn events_enabled(&self) -> bool {
+        self.lock().events.is_some()
+    }
+
+    async fn emit(&self, events: &[String]) -> BrokerResult<()> {
+        self.lock().push_events(events);
+        Ok(())
+    }
+
+    async fn read_events(
+        &self,
+        after: Option<&str>,
+        max: usize,
+        block: Duration,
+    ) -> BrokerResult<Vec<(String, String)>> {
+        let after = match after {
+            Some(a) => a.to_string(),
+            None => {
+                let st = self.lock();
+                let last = st.events.as_ref().and_then(|l| l.back());
+                last.map_or_else(|| "0-0".to_string(), |(id, _)| id.clone())
+            }
+        };
+        let until = Instant::now() + block;
+        loop {
+            let found = self.lock().events_after(&after, max.max(1));
+            if !found.is_empty() || Instant::now() >= until {
+                return Ok(found);
+            }
+            // In one process only (the embedded broker): a short poll is
+            // as good as a wake-up.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn recent_events(&self, max: usize) -> BrokerResult<Vec<(String, String)>> {
+        let st = self.lock();
+        let Some(log) = &st.events else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .iter()
+            .skip(log.len().saturating_sub(max))
+            .cloned()
+            .collect())
     }
 
     async fn queues(&self) -> BrokerResult<Vec<String>> {

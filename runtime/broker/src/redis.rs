@@ -265,6 +265,9 @@ local function apply_effects(e)
   for _, p in ipairs(e.pushes) do
     redis.call('LPUSH', p[1], p[2])
   end
+  for _, ev in ipairs(e.events) do
+    redis.call('XADD', e.events_key, 'MAXLEN', '~', e.events_kept, '*', 'e', ev)
+  end
 end
 "#;
 
@@ -537,6 +540,10 @@ pub struct RedisBroker {
     backlog: AtomicBool,
     /// How much waiting is worth one priority level (see [`FETCH_LUA`]).
     aging: Duration,
+    /// Record events, keeping about this many (`None`: off).
+    events_kept: Option<usize>,
+    /// A connection of its own for blocking event reads, opened on first use.
+    events_reader: Mutex<Option<ConnectionManager>>,
 }
 
 impl RedisBroker {
@@ -608,7 +615,15 @@ impl RedisBroker {
             prune: Script::new(PRUNE_LUA),
             backlog: AtomicBool::new(true),
             aging: crate::BrokerOptions::default().priority_aging,
+            events_kept: Some(crate::DEFAULT_EVENTS_KEPT),
+            events_reader: Mutex::new(None),
         })
+    }
+
+    /// See [`crate::BrokerOptions::events`].
+    pub fn with_events(mut self, on: bool, kept: usize) -> Self {
+        self.events_kept = on.then_some(kept.max(1));
+        self
     }
 
     /// See [`crate::BrokerOptions::priority_aging`].
@@ -682,6 +697,9 @@ impl RedisBroker {
             "pushes": e.celery_sends.iter().map(|m| {
                 (kombu_list(&e.celery_prefix, &m.queue, m.priority), &m.envelope)
             }).collect::<Vec<_>>(),
+            "events": if self.events_kept.is_some() { &e.events[..] } else { &[] },
+            "events_key": self.key("events"),
+            "events_kept": self.events_kept.unwrap_or(1).to_string(),
         });
         json.to_string()
     }
@@ -1980,6 +1998,92 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn events_enabled(&self) -> bool {
+        self.events_kept.is_some()
+    }
+
+    async fn emit(&self, events: &[String]) -> BrokerResult<()> {
+        let Some(kept) = self.events_kept else {
+            return Ok(());
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let key = self.key("events");
+        let mut pipe = redis::pipe();
+        for e in events {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(kept)
+                .arg("*")
+                .arg("e")
+                .arg(e)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn read_events(
+        &self,
+        after: Option<&str>,
+        max: usize,
+        block: Duration,
+    ) -> BrokerResult<Vec<(String, String)>> {
+        let mut guard = self.events_reader.lock().await;
+        if guard.is_none() {
+            let c = self
+                .client
+                .get_connection_manager_with_config(self.conn_config.clone())
+                .await?;
+            *guard = Some(c);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(max.max(1));
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        let reply: Value = cmd
+            .arg("STREAMS")
+            .arg(self.key("events"))
+            .arg(after.unwrap_or("$"))
+            .query_async(conn)
+            .await?;
+        Ok(stream_entries_with_fields(reply)
+            .into_iter()
+            .flat_map(|(_, entries)| entries)
+            .filter_map(|(id, fields)| {
+                let json = fields.into_iter().find(|(k, _)| k == "e")?.1;
+                Some((id, json))
+            })
+            .collect())
+    }
+
+    async fn recent_events(&self, max: usize) -> BrokerResult<Vec<(String, String)>> {
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(self.key("events"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(max.max(1))
+            .query_async(&mut self.conn())
+            .await?;
+        let mut out: Vec<(String, String)> = entries_with_fields(reply)
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let json = fields.into_iter().find(|(k, _)| k == "e")?.1;
+                Some((id, json))
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
         let json =
             serde_json::to_string(worker).map_err(|e| BrokerError::Corrupt(e.to_string()))?;
@@ -2245,6 +2349,25 @@ fn entries_of(v: Value) -> Vec<Entry> {
 /// XREADGROUP reply: per stream key, its entries. RESP2 gives an array of
 /// [key, entries]; RESP3 a map.
 fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
+    stream_entries_with_fields(v)
+        .into_iter()
+        .map(|(key, entries)| {
+            let entries = entries
+                .into_iter()
+                .map(|(id, fields)| {
+                    let payload = fields.into_iter().find(|(k, _)| k == "m").map(|(_, v)| v);
+                    (id, payload)
+                })
+                .collect();
+            (key, entries)
+        })
+        .collect()
+}
+
+/// XREAD / XREADGROUP reply with every field of each entry.
+type StreamFields = Vec<(String, Vec<(String, Vec<(String, String)>)>)>;
+
+fn stream_entries_with_fields(v: Value) -> StreamFields {
     let pairs: Vec<(Value, Value)> = match v {
         Value::Array(items) => items
             .into_iter()
@@ -2262,7 +2385,7 @@ fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
     };
     pairs
         .into_iter()
-        .filter_map(|(k, entries)| Some((as_string(&k)?, entries_of(entries))))
+        .filter_map(|(k, entries)| Some((as_string(&k)?, entries_with_fields(entries))))
         .collect()
 }
 

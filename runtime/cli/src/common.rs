@@ -59,11 +59,35 @@ pub struct BrokerArgs {
     /// Prefix of every key, so several deployments can share one Redis.
     #[arg(long, env = "CELERIAC_PREFIX", default_value = celeriac_broker::DEFAULT_PREFIX, global = true)]
     pub prefix: String,
+    /// Record task and worker events (`celeriac events`, the console):
+    /// `on` or `off`.
+    #[arg(long, env = "CELERIAC_EVENTS", default_value = "on", value_parser = parse_switch, global = true)]
+    pub events: bool,
+    /// Events kept in Redis (approximately; the oldest are trimmed).
+    #[arg(long, env = "CELERIAC_EVENTS_KEPT", value_name = "N", default_value_t = celeriac_broker::DEFAULT_EVENTS_KEPT, global = true)]
+    pub events_kept: usize,
+}
+
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("expected on or off, got `{s}`")),
+    }
 }
 
 impl BrokerArgs {
+    /// How to serve, from these flags (the rest as defaults).
+    pub fn options(&self) -> celeriac_broker::BrokerOptions {
+        celeriac_broker::BrokerOptions {
+            events: self.events,
+            events_kept: self.events_kept,
+            ..Default::default()
+        }
+    }
+
     pub async fn connect(&self) -> anyhow::Result<Arc<dyn Broker>> {
-        celeriac_broker::connect(&self.broker, &self.prefix)
+        celeriac_broker::connect_with(&self.broker, &self.prefix, &self.options())
             .await
             .with_context(|| {
                 format!(

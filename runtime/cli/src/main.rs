@@ -88,6 +88,8 @@ enum Command {
     Status(status::Args),
     /// Manage dead letters: list, requeue, purge.
     Dlq(dlq::Args),
+    /// Follow task and worker events live (filters by task, type, queue; --json).
+    Events(events::Args),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +114,7 @@ fn main() -> ExitCode {
         Command::Result(a) => result::run(a),
         Command::Status(a) => status::run(a),
         Command::Dlq(a) => dlq::run(a),
+        Command::Events(a) => events::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,7 +6,8 @@
 //!   [`wait`], [`wait_all`] or [`submit_and_wait`];
 //! - [`workflow`]: chains, groups, chords, map / starmap / chunks, links,
 //!   built in Rust or read from JSON / TOML, launched atomically;
-//! - [`routing`]: task names or globs to queues.
+//! - [`routing`]: task names or globs to queues;
+//! - [`events`]: following the event stream.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), celeriac_client::ClientError> {
@@ -32,6 +33,7 @@
 //! ```
 
 pub mod beat;
+pub mod events;
 pub mod routing;
 pub mod workflow;
 
@@ -44,6 +46,7 @@ use serde_json::value::to_raw_value;
 use serde_json::{Map, Value};
 
 use celeriac_broker::{Broker, BrokerError, ModuleInfo, Outgoing};
+use celeriac_protocol::Event;
 use celeriac_protocol::message::{self, MessageError, MessageLimits, TaskMessage, new_task_id};
 use celeriac_protocol::record::ResultRecord;
 use celeriac_protocol::units::format_size;
@@ -235,6 +238,7 @@ async fn enqueue(
     let mut ids = Vec::with_capacity(requests.len());
     let mut out = Vec::with_capacity(requests.len());
     let mut locks = Vec::new();
+    let mut sent = Vec::new();
     for (id, r, options) in requests {
         let digest = modules[split(&r.task)?.0].digest;
         let msg = task_message(
@@ -250,6 +254,9 @@ async fn enqueue(
             locks.push((u.clone(), id.clone()));
         }
         out.push(outgoing(&msg)?);
+        if broker.events_enabled() {
+            sent.push(Event::sent(&msg, now).to_json());
+        }
         ids.push(id);
     }
     // Locks last, once everything else is known good: a refused batch
@@ -263,6 +270,10 @@ async fn enqueue(
         }
     }
     broker.enqueue(&out).await?;
+    // Observability only: the tasks are queued whether or not this lands.
+    if let Err(e) = broker.emit(&sent).await {
+        tracing::debug!(error = %e, "could not record sent events");
+    }
     Ok(ids)
 }
 

@@ -28,6 +28,7 @@ use serde_json::value::to_raw_value;
 use serde_json::{Map, Value};
 
 use celeriac_broker::{Broker, Effects, Launched, ModuleInfo};
+use celeriac_protocol::Event;
 use celeriac_protocol::message::new_task_id;
 use celeriac_protocol::now_ms;
 use celeriac_protocol::record::{ResultRecord, TaskState};
@@ -568,6 +569,9 @@ pub async fn launch_node(broker: &dyn Broker, node: &Node) -> Result<Running, Cl
         ..Effects::default()
     };
     for m in &out.messages {
+        if broker.events_enabled() {
+            effects.events.push(Event::sent(m, cx.now).to_json());
+        }
         effects.launch.push(Launched {
             task_id: m.id.clone(),
             message: outgoing(m)?,

@@ -6,6 +6,7 @@
 //! - [`message`]: the task message, its limits, bounds and validation
 //! - [`record`]: result records and task states
 //! - [`workflow`]: chains, groups and chords as messages carry them
+//! - [`event`]: task and worker events (observability, capped)
 //! - [`grants`]: what a signed component may reach (HTTP origins, config, key-value)
 //! - [`Digest`]: the content identity of a component
 //! - [`Backoff`]: one exponential delay policy (task retries, reconnects)
@@ -16,6 +17,7 @@ pub mod backoff;
 pub mod celery;
 pub mod clock;
 mod digest;
+pub mod event;
 pub mod grants;
 pub mod message;
 pub mod record;
@@ -26,6 +28,7 @@ pub mod workflow;
 pub use backoff::Backoff;
 pub use clock::now_ms;
 pub use digest::{Digest, DigestError};
+pub use event::{Event, EventFilter, EventKind};
 pub use grants::{GrantError, Grants, OriginPattern};
 pub use message::{MessageError, MessageLimits, TaskMessage, bounds};
 pub use record::{ErrorInfo, RecordLimits, ResultRecord, TaskState};

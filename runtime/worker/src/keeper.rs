@@ -5,16 +5,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use celeriac_broker::{BrokerError, Delivery, WorkerInfo};
+use celeriac_broker::{BrokerError, Delivery};
 use celeriac_protocol::now_ms;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::leases::{Orphans, Watch};
-use crate::{Worker, metrics};
+use crate::{Worker, events, metrics};
+use celeriac_protocol::EventKind;
 
 impl Worker {
     /// Renews the leases on everything held, a third of the visibility
@@ -86,6 +86,8 @@ impl Worker {
         let mut reclaim = tokio::time::interval((vt / 4).max(Duration::from_millis(50)));
         let mut prune = tokio::time::interval(vt.max(Duration::from_secs(1)));
         let mut beat = tokio::time::interval(self.config.heartbeat);
+        // The first beat says the worker came online.
+        let mut online = false;
         for t in [&mut promote, &mut reclaim, &mut prune, &mut beat] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
@@ -135,23 +137,14 @@ impl Worker {
                     }
                 }
                 _ = beat.tick() => {
-                    let problem = self.problem();
-                    metrics::healthy(problem.is_none());
-                    let info = WorkerInfo {
-                        id: self.config.id.clone(),
-                        host: self.host.clone(),
-                        pid: std::process::id(),
-                        queues: self.config.queues.clone(),
-                        concurrency: self.config.concurrency,
-                        busy: self.busy.load(Ordering::Relaxed),
-                        processed: self.processed.load(Ordering::Relaxed),
-                        started_at: self.started_at,
-                        seen_at: now_ms(),
-                        problem,
-                    };
+                    let info = self.info();
+                    metrics::healthy(info.problem.is_none());
                     if let Err(e) = self.broker.heartbeat(&info, self.config.heartbeat * 5).await {
                         tracing::warn!(error = %e, "heartbeat failed");
                     }
+                    let kind = if online { EventKind::WorkerHeartbeat } else { EventKind::WorkerOnline };
+                    online = true;
+                    self.events.send(&events::of_worker(kind, &info, info.seen_at));
                     for q in &self.config.queues {
                         if let Ok(stats) = self.broker.queue_stats(q).await {
                             metrics::queue_depth(q, &stats);

@@ -20,6 +20,7 @@ mod admit;
 mod celery;
 mod components;
 mod config;
+mod events;
 mod finisher;
 mod flow;
 mod keeper;
@@ -50,6 +51,7 @@ pub use metrics::{MetricsError, install_prometheus};
 use admit::{Admission, Admitted, Turned, admit};
 use celeriac_broker::retry::{Reconnect, until_ok};
 use celeriac_broker::{Broker, Completion, Delivery, Disposition, FetchLimits};
+use celeriac_protocol::EventKind;
 use celeriac_protocol::now_ms;
 use celeriac_protocol::record::TaskState;
 use celeriac_protocol::text::clip;
@@ -80,6 +82,7 @@ pub struct Worker {
     revocations: Arc<revocations::Revocations>,
     started_at: u64,
     host: String,
+    events: events::Emitter,
 }
 
 impl Worker {
@@ -109,6 +112,7 @@ impl Worker {
             revocations: Default::default(),
             started_at: now_ms(),
             host: hostname(),
+            events: Default::default(),
         })
     }
 
@@ -152,6 +156,7 @@ impl Worker {
     /// running tasks finish within the grace period, hand back the rest
     /// and flush every result.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> WorkerSummary {
+        let emitter = self.events.start(self.broker.clone());
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
         let finisher = tokio::spawn(self.clone().finisher(done_rx));
         let (reclaimed_tx, mut reclaimed_rx) = mpsc::unbounded_channel::<Delivery>();
@@ -304,6 +309,12 @@ impl Worker {
         if let Err(e) = self.broker.forget_worker(&self.config.id).await {
             tracing::warn!(error = %e, "could not remove heartbeat");
         }
+        let offline = events::of_worker(EventKind::WorkerOffline, &self.info(), now_ms());
+        self.events.send(&offline);
+        self.events.close();
+        if let Some(emitter) = emitter {
+            let _ = emitter.await;
+        }
         WorkerSummary {
             processed: self.processed.load(Ordering::Relaxed),
             requeued_on_shutdown: requeued,
@@ -393,6 +404,7 @@ impl Worker {
                 (Some(task.msg), verdict)
             }
             Admission::Run(task) => {
+                self.note(EventKind::Received, &task.msg);
                 let span = task_span(&task.msg);
                 let verdict = self
                     .resolve_and_run(&task, celery.as_deref())
@@ -416,21 +428,62 @@ impl Worker {
         };
         let task = msg.as_ref().map_or("?", |m| m.task.as_str());
         metrics::task_finished(task, verdict.label());
-        if let Some(inbound) = celery {
+        let events_on = self.broker.events_enabled();
+        let mut recorded: Vec<String> = if events_on {
+            let now = now_ms();
+            events::outcome(
+                msg.as_ref(),
+                &verdict,
+                &delivery.queue,
+                &self.config.id,
+                now,
+            )
+            .iter()
+            .map(|e| e.to_json())
+            .collect()
+        } else {
+            Vec::new()
+        };
+        let mut completion = if let Some(inbound) = celery {
             let origin = format!("celeriac@{}", self.host);
-            return celery::completion(
-                delivery,
-                verdict,
-                &inbound,
-                &self.config,
-                &origin,
-                now_ms(),
-            );
+            celery::completion(delivery, verdict, &inbound, &self.config, &origin, now_ms())
+        } else {
+            let effects = msg.as_ref().map_or_else(Default::default, |m| {
+                flow::after_task(m, &verdict, &self.config, now_ms())
+            });
+            settle::completion(delivery, verdict, msg.as_ref(), &self.config, effects)
+        };
+        if events_on {
+            recorded.extend(events::launched(&completion.effects, now_ms()));
         }
-        let effects = msg.as_ref().map_or_else(Default::default, |m| {
-            flow::after_task(m, &verdict, &self.config, now_ms())
-        });
-        settle::completion(delivery, verdict, msg.as_ref(), &self.config, effects)
+        // Recorded only if the ack is: a completion that loses its lease
+        // leaves no event of a fate that did not happen.
+        completion.effects.events = recorded;
+        completion
+    }
+
+    /// Record an event about `msg` on the way (received, started).
+    fn note(&self, kind: EventKind, msg: &celeriac_protocol::TaskMessage) {
+        if self.broker.events_enabled() {
+            self.events
+                .send(&events::about(kind, msg, &self.config.id, now_ms()));
+        }
+    }
+
+    /// This worker as its heartbeat shows it.
+    fn info(&self) -> celeriac_broker::WorkerInfo {
+        celeriac_broker::WorkerInfo {
+            id: self.config.id.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            queues: self.config.queues.clone(),
+            concurrency: self.config.concurrency,
+            busy: self.busy.load(Ordering::Relaxed),
+            processed: self.processed.load(Ordering::Relaxed),
+            started_at: self.started_at,
+            seen_at: now_ms(),
+            problem: self.problem(),
+        }
     }
 
     /// A group's join: read what its members reported and carry the
@@ -529,6 +582,7 @@ impl Worker {
                 tracing::warn!(error = %e, "could not record STARTED");
             }
         }
+        self.note(EventKind::Started, msg);
         let running = self.revocations.start(msg);
         let run = async {
             match &msg.map {

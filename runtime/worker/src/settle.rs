@@ -452,11 +452,15 @@ pub(crate) mod tests {
         }
     }
 
-    fn settle(msg: &TaskMessage, outcome: Result<String, TaskError>, now: u64) -> Verdict {
+    pub(crate) fn settle(
+        msg: &TaskMessage,
+        outcome: Result<String, TaskError>,
+        now: u64,
+    ) -> Verdict {
         ran(msg, run(outcome), &config(), now)
     }
 
-    fn failed(kind: FailureKind, message: &str) -> TaskError {
+    pub(crate) fn failed(kind: FailureKind, message: &str) -> TaskError {
         TaskError::Failed {
             kind,
             message: message.into(),

@@ -6,6 +6,7 @@ pub mod build;
 pub mod components;
 pub mod demo;
 pub mod dlq;
+pub mod events;
 pub mod inspect;
 pub mod keygen;
 pub mod result;

@@ -201,6 +201,7 @@ pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
         // Redis (or during a restart) simply begins once it answers.
         let options = celeriac_broker::BrokerOptions {
             priority_aging: args.priority_aging,
+            ..args.broker.options()
         };
         let connected = celeriac_broker::connect_with_retry(
             &args.broker.broker,
