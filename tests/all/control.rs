@@ -77,6 +77,7 @@ async fn a_low_priority_task_still_runs_under_a_flood_of_high_ones() {
     let aging = Duration::from_millis(200);
     let options = celeriac_broker::BrokerOptions {
         priority_aging: aging,
+        ..Default::default()
     };
     let consumer = celeriac_broker::connect_with(f.url(), f.prefix(), &options)
         .await

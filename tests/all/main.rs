@@ -6,6 +6,7 @@
 
 mod support;
 
+mod api;
 mod beat;
 mod broker;
 mod capabilities;

@@ -90,6 +90,10 @@ enum Command {
     Dlq(dlq::Args),
     /// Follow task and worker events live (filters by task, type, queue; --json).
     Events(events::Args),
+    /// Serve the HTTP API and the web console (bearer tokens; TLS with --tls-cert).
+    Serve(serve::Args),
+    /// Manage the API's tokens: add (with scopes), list, remove.
+    Token(token::Args),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,8 @@ fn main() -> ExitCode {
         Command::Status(a) => status::run(a),
         Command::Dlq(a) => dlq::run(a),
         Command::Events(a) => events::run(a),
+        Command::Serve(a) => serve::run(a),
+        Command::Token(a) => token::run(a),
     };
     match result {
         Ok(code) => code,

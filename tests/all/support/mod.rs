@@ -3,7 +3,7 @@
 //! (`components`), the per-test [`Fixture`], the `celeriac` binary
 //! (`command`), in-process workers (`worker`), tasks and their records
 //! (`tasks`), private servers (`servers`), a local HTTP(S) server for
-//! tasks to call (`http_server`), a private CA for TLS (`certs`) and waiting for a state (`wait`). Everything is
+//! tasks to call (`http_server`), a private CA for TLS (`certs`), `celeriac serve` and its HTTP client (`serve`) and waiting for a state (`wait`). Everything is
 //! re-exported here.
 
 pub mod certs;
@@ -12,6 +12,7 @@ pub mod components;
 pub mod fixture;
 pub mod http_server;
 pub mod keys;
+pub mod serve;
 pub mod servers;
 pub mod tasks;
 pub mod wait;
@@ -25,6 +26,7 @@ pub use components::{
 pub use fixture::Fixture;
 pub use http_server::TestServer;
 pub use keys::{Prefix, redis_url};
+pub use serve::{Api, ServeProcess};
 pub use servers::{PrivateRedis, free_port, http_get};
 pub use tasks::{fetch_limits, finished, reached, request, submit};
 pub use wait::wait_for;
