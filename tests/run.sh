@@ -17,6 +17,7 @@ command -v openssl >/dev/null 2>&1 || apt_install openssl
 ensure_c
 ensure_python celery='celery[redis]' redis=redis
 ensure_js
+ensure_browser
 
 cargo build --release --target wasm32-wasip2 -p math -p text -p misbehave -p web
 cargo test "$@"

@@ -69,3 +69,10 @@ ensure_js() {
         (cd tasks/js-text && npm ci --no-audit --no-fund --loglevel=error)
     fi
 }
+
+# Debian's chromium and its chromedriver, for the console's browser test.
+ensure_browser() {
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        apt_install chromium chromium-driver
+    fi
+}

@@ -504,3 +504,64 @@ async fn anonymous_reads_only_and_tls_serves_https() {
     );
     assert_ne!(plain.get("/api/v1/whoami").await.0, 200);
 }
+
+/// A task that runs a while is shown started while it runs; a quick one's
+/// events still arrive in order; a failure is followed by its dead letter.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_show_long_tasks_live_and_failures_in_order() {
+    let f = Fixture::new(&["misbehave"]).await;
+    let _worker = f.worker_process("w-long", &[]);
+    let server = ServeProcess::start(f.cli(), f.cache_dir(), &[]).await;
+    let api = server.admin();
+    let kinds = async |id: &str| -> Vec<String> {
+        let (_, events) = api.get(&format!("/api/v1/events/recent?task={id}")).await;
+        events
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(|e| e["type"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (_, sent) = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"task": "misbehave.sleep", "args": [3000]}),
+        )
+        .await;
+    let id = sent["id"].as_str().expect("an id").to_string();
+    wait_for(
+        "started while it runs",
+        Duration::from_secs(30),
+        async || kinds(&id).await == ["sent", "received", "started"],
+    )
+    .await;
+    assert_eq!(final_record(&api, &id).await["state"], "SUCCESS");
+    assert_eq!(
+        kinds(&id).await,
+        ["sent", "received", "started", "succeeded"]
+    );
+
+    let (_, sent) = api
+        .post(
+            "/api/v1/tasks",
+            &json!({"task": "misbehave.fatal", "args": ["no way"]}),
+        )
+        .await;
+    let id = sent["id"].as_str().expect("an id").to_string();
+    assert_eq!(final_record(&api, &id).await["state"], "FAILURE");
+    assert_eq!(
+        kinds(&id).await,
+        ["sent", "received", "started", "failed", "dead-lettered"]
+    );
+    let (_, failed) = api
+        .get(&format!("/api/v1/events/recent?task={id}&state=failed"))
+        .await;
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no way")),
+        "{failed}"
+    );
+}

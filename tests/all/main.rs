@@ -12,6 +12,7 @@ mod broker;
 mod capabilities;
 mod celery;
 mod cli;
+mod console;
 mod control;
 mod hardening;
 mod harness;

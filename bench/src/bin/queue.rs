@@ -1,11 +1,13 @@
 //! End-to-end queue figures through a real Redis with one worker
 //! (concurrency 2): throughput of 20,000 `math.add` tasks submitted in
-//! bulk, and submit -> result latency of tasks sent one at a time.
+//! bulk, and submit -> result latency of tasks sent one at a time; with
+//! events recorded (the default) and without, interleaved, to show what
+//! events cost.
 //!
 //!     cargo run --release -p celeriac-bench --bin queue
 //!
 //! Uses `CELERIAC_BENCH_REDIS` (default redis://127.0.0.1:6379) under a
-//! private key prefix, deleted afterwards. Prints a Markdown table.
+//! private key prefix per run, deleted afterwards. Prints a Markdown table.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,17 +31,35 @@ fn main() -> anyhow::Result<()> {
     let dir = build_examples()?;
     let url =
         std::env::var("CELERIAC_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("bench-{}:", std::process::id());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(run(&dir, &url, &prefix));
-    delete_prefix(&url, &prefix);
-    result
+    println!(
+        "| events | throughput, {THROUGHPUT_TASKS} × math.add, 1 worker × 2 slots | bulk submit (chunks of {SUBMIT_CHUNK}) | total | latency submit→result p50 ({LATENCY_TASKS} sequential) | p99 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    // Interleaved, so that a noisy moment hits both.
+    for (round, events) in [true, false, true, false].into_iter().enumerate() {
+        let prefix = format!("bench-{}-{round}:", std::process::id());
+        let result = rt.block_on(run(&dir, &url, &prefix, events));
+        delete_prefix(&url, &prefix);
+        result?;
+    }
+    println!();
+    println!(
+        "Redis {}; {} cores; producer and worker in one process",
+        url,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    Ok(())
 }
 
-async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<()> {
-    let broker = broker::connect(url, prefix).await?;
+async fn run(dir: &std::path::Path, url: &str, prefix: &str, events: bool) -> anyhow::Result<()> {
+    let options = broker::BrokerOptions {
+        events,
+        ..Default::default()
+    };
+    let broker = broker::connect_with(url, prefix, &options).await?;
     let keys = tempfile::tempdir()?;
     let (secret, public, _) = generate_keypair(&keys.path().join("bench"))?;
     let key = KeyPair::load(&secret)?;
@@ -125,27 +145,14 @@ async fn run(dir: &std::path::Path, url: &str, prefix: &str) -> anyhow::Result<(
     let _ = running.await;
 
     let lat = Stats::of(latencies);
-    println!("| measurement | value |");
-    println!("| --- | ---: |");
     println!(
-        "| throughput, {THROUGHPUT_TASKS} × math.add, 1 worker × 2 slots | {:.0} tasks/s |",
-        THROUGHPUT_TASKS as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "| of which bulk submit (chunks of {SUBMIT_CHUNK}) | {} |",
-        fmt(submitted)
-    );
-    println!("| total time | {} |", fmt(elapsed));
-    println!(
-        "| latency submit→result p50 ({LATENCY_TASKS} sequential) | {} |",
-        fmt(lat.p50)
-    );
-    println!("| latency p99 | {} |", fmt(lat.p99));
-    println!();
-    println!(
-        "Redis {}; {} cores; producer and worker in one process",
-        url,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "| {} | {:.0} tasks/s | {} | {} | {} | {} |",
+        if events { "on" } else { "off" },
+        THROUGHPUT_TASKS as f64 / elapsed.as_secs_f64(),
+        fmt(submitted),
+        fmt(elapsed),
+        fmt(lat.p50),
+        fmt(lat.p99)
     );
     Ok(())
 }

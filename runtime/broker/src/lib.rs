@@ -542,6 +542,12 @@ pub trait Broker: Send + Sync + 'static {
     // --- queues ---
     /// Enqueue messages, in one round trip where the broker allows.
     async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()>;
+    /// As [`Broker::enqueue`], recording `events` (their `sent` events)
+    /// first, so that no reader sees a task received before it was sent.
+    async fn enqueue_noting(&self, messages: &[Outgoing], events: &[String]) -> BrokerResult<()> {
+        self.emit(events).await?;
+        self.enqueue(messages).await
+    }
     /// Prepare queues for consuming (idempotent).
     async fn declare(&self, queues: &[String]) -> BrokerResult<()>;
     /// Take ready messages within `limits`, waiting up to `block` for the

@@ -1244,11 +1244,31 @@ impl Broker for RedisBroker {
     }
 
     async fn enqueue(&self, messages: &[Outgoing]) -> BrokerResult<()> {
+        self.enqueue_noting(messages, &[]).await
+    }
+
+    async fn enqueue_noting(&self, messages: &[Outgoing], events: &[String]) -> BrokerResult<()> {
         if messages.is_empty() {
             return Ok(());
         }
         let now = now_ms();
         let mut pipe = redis::pipe();
+        if let Some(kept) = self.events_kept {
+            // In one transaction, events first: a reader never sees a
+            // task received before it was sent.
+            pipe.atomic();
+            for e in events {
+                pipe.cmd("XADD")
+                    .arg(self.key("events"))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(kept)
+                    .arg("*")
+                    .arg("e")
+                    .arg(e)
+                    .ignore();
+            }
+        }
         let mut queues: Vec<&str> = Vec::new();
         for m in messages {
             match m.due_ms.filter(|due| *due > now) {

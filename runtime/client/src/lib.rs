@@ -269,11 +269,7 @@ async fn enqueue(
             });
         }
     }
-    broker.enqueue(&out).await?;
-    // Observability only: the tasks are queued whether or not this lands.
-    if let Err(e) = broker.emit(&sent).await {
-        tracing::debug!(error = %e, "could not record sent events");
-    }
+    broker.enqueue_noting(&out, &sent).await?;
     Ok(ids)
 }
 

@@ -9,6 +9,8 @@ use crate::text::clip;
 
 /// Longest error text an event carries (the full one is in the record).
 pub const MAX_EVENT_ERROR_BYTES: usize = 500;
+/// Longest argument text an event carries.
+pub const MAX_EVENT_ARGS_BYTES: usize = 1024;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,6 +119,12 @@ pub struct Event {
     pub fuel: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Sent and received: the arguments as JSON text, clipped to
+    /// [`MAX_EVENT_ARGS_BYTES`] (as Celery's events carry a repr of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs: Option<String>,
     /// Why it failed, was refused or dead-lettered (one line, clipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -149,6 +157,8 @@ impl Event {
             runtime_ms: None,
             fuel: None,
             retries: None,
+            args: None,
+            kwargs: None,
             error: None,
             root_id: None,
             latency_ms: None,
@@ -169,6 +179,17 @@ impl Event {
             root_id: msg.root_id.clone(),
             ..Self::new(EventKind::Sent, now)
         }
+        .with_args(msg)
+    }
+
+    /// With `msg`'s arguments (clipped; kwargs only when there are some).
+    pub fn with_args(mut self, msg: &crate::TaskMessage) -> Self {
+        self.args = Some(clip(msg.args.get(), MAX_EVENT_ARGS_BYTES));
+        let kwargs = msg.kwargs.get();
+        if kwargs != "{}" {
+            self.kwargs = Some(clip(kwargs, MAX_EVENT_ARGS_BYTES));
+        }
+        self
     }
 
     /// With an error, flattened to one line and clipped.

@@ -908,6 +908,10 @@ function pageTask(root, ctx, id) {
   const load = async () => {
     rec = await api('/tasks/' + enc(id));
     if (!ctx.alive || !rec) return;
+    // Arguments are not in the record: the sent / received events carry them.
+    const seen = store.tasks.get(id);
+    const carrier = seen && seen.events.find((e) => e.args != null);
+    if (carrier) { rec.args_text = carrier.args; rec.kwargs_text = carrier.kwargs; }
     state.textContent = rec.state;
     state.className = 'state badge ' + stateClass(rec.state);
     fields.replaceChildren(...taskFields(rec));
@@ -926,7 +930,7 @@ function pageTask(root, ctx, id) {
   renderTimeline();
   ctx.every(5000, async () => { if (!rec || !FINAL.has(rec.state)) await load(); });
   api(`/events/recent?task=${enc(id)}&limit=200`)
-    .then((evs) => { (evs || []).forEach(ingest); if (ctx.alive) renderTimeline(); })
+    .then((evs) => { (evs || []).forEach(ingest); if (ctx.alive) { renderTimeline(); reload(); } })
     .catch(() => {});
 }
 
@@ -938,8 +942,8 @@ function taskFields(rec) {
   };
   const json = (v) => el('pre', { class: 'json', text: JSON.stringify(v, null, 2) });
   add('task', rec.task ? el('span', { class: 'mono', text: rec.task }) : null);
-  if (rec.args !== undefined) add('args', json(rec.args));
-  if (rec.kwargs !== undefined) add('kwargs', json(rec.kwargs));
+  if (rec.args_text) add('args', el('pre', { class: 'json', text: rec.args_text }));
+  if (rec.kwargs_text) add('kwargs', el('pre', { class: 'json', text: rec.kwargs_text }));
   if ('result' in rec) add('result', json(rec.result));
   if (rec.error) {
     add('error', el('div', { class: 'error-box' }, el('b', { text: rec.error.kind || 'error' }),

@@ -235,11 +235,13 @@ fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Identit
             "authentication required: send `Authorization: Bearer <token>`",
         ));
     };
+    // The scheme is case-insensitive (RFC 9110).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <token>`"))?;
     let stale = state
         .tokens

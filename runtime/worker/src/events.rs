@@ -1,7 +1,8 @@
 //! The events a worker records: what became of each delivery ([`outcome`],
-//! pure, written in the same atomic step as the ack), and the ones on the
-//! way there (received, started) and about the worker itself, which the
-//! [`Emitter`] sends in batches off the tasks' path.
+//! pure, written in the same atomic step as the ack, after its received
+//! and started events unless the task ran long enough to show those
+//! live, see [`LIVE_AFTER`]), and the worker's own, which the [`Emitter`]
+//! sends in batches off the tasks' path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,10 @@ use celeriac_protocol::{Event, EventKind};
 use tokio::sync::mpsc;
 
 use crate::settle::Verdict;
+
+/// A task still running after this has its received and started events
+/// recorded at once; a quicker one's ride with its outcome, in order.
+pub(crate) const LIVE_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Events waiting to be sent at most: past this (Redis unreachable) new
 /// ones are dropped and counted, never queued without bound.

@@ -389,6 +389,10 @@ impl Worker {
     /// message ends as a dead letter with the reason.
     async fn process(&self, delivery: &Delivery) -> Completion {
         let now = now_ms();
+        let events_on = self.broker.events_enabled();
+        // Received and started, recorded with the outcome (so in order)
+        // unless the task runs long enough to show them live first.
+        let mut early: Vec<celeriac_protocol::Event> = Vec::new();
         let (admission, celery) =
             if celery::is_envelope(&delivery.payload) && !delivery.is_oversize() {
                 self.admit_celery(delivery, now).await
@@ -404,10 +408,14 @@ impl Worker {
                 (Some(task.msg), verdict)
             }
             Admission::Run(task) => {
-                self.note(EventKind::Received, &task.msg);
+                if events_on {
+                    let received =
+                        events::about(EventKind::Received, &task.msg, &self.config.id, now);
+                    early.push(received.with_args(&task.msg));
+                }
                 let span = task_span(&task.msg);
                 let verdict = self
-                    .resolve_and_run(&task, celery.as_deref())
+                    .resolve_and_run(&task, celery.as_deref(), &mut early)
                     .instrument(span)
                     .await;
                 (Some(task.msg), verdict)
@@ -431,16 +439,14 @@ impl Worker {
         let events_on = self.broker.events_enabled();
         let mut recorded: Vec<String> = if events_on {
             let now = now_ms();
-            events::outcome(
+            let outcome = events::outcome(
                 msg.as_ref(),
                 &verdict,
                 &delivery.queue,
                 &self.config.id,
                 now,
-            )
-            .iter()
-            .map(|e| e.to_json())
-            .collect()
+            );
+            early.iter().chain(&outcome).map(|e| e.to_json()).collect()
         } else {
             Vec::new()
         };
@@ -460,14 +466,6 @@ impl Worker {
         // leaves no event of a fate that did not happen.
         completion.effects.events = recorded;
         completion
-    }
-
-    /// Record an event about `msg` on the way (received, started).
-    fn note(&self, kind: EventKind, msg: &celeriac_protocol::TaskMessage) {
-        if self.broker.events_enabled() {
-            self.events
-                .send(&events::about(kind, msg, &self.config.id, now_ms()));
-        }
     }
 
     /// This worker as its heartbeat shows it.
@@ -506,6 +504,7 @@ impl Worker {
         &self,
         task: &Admitted,
         celery: Option<&celeriac_protocol::celery::Inbound>,
+        early: &mut Vec<celeriac_protocol::Event>,
     ) -> Verdict {
         let msg = &task.msg;
         // Only a component a trusted key signed as this module comes back.
@@ -582,7 +581,14 @@ impl Worker {
                 tracing::warn!(error = %e, "could not record STARTED");
             }
         }
-        self.note(EventKind::Started, msg);
+        if self.broker.events_enabled() {
+            early.push(events::about(
+                EventKind::Started,
+                msg,
+                &self.config.id,
+                started_at,
+            ));
+        }
         let running = self.revocations.start(msg);
         let run = async {
             match &msg.map {
@@ -592,11 +598,27 @@ impl Worker {
         };
         // A terminating revoke drops the run: the guest yields at every
         // epoch tick, so it stops within one, its store torn down whole.
-        let report = tokio::select! {
-            r = run => r,
-            _ = running.stop.cancelled() => {
-                self.processed.fetch_add(1, Ordering::Relaxed);
-                return settle::revoked(msg, "terminated by revoke while running", &self.config, now_ms());
+        let report = {
+            tokio::pin!(run);
+            let live_after = tokio::time::sleep(events::LIVE_AFTER);
+            tokio::pin!(live_after);
+            loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = running.stop.cancelled() => {
+                        self.processed.fetch_add(1, Ordering::Relaxed);
+                        return settle::revoked(msg, "terminated by revoke while running", &self.config, now_ms());
+                    }
+                    // Still running: show it received and started now, before
+                    // its outcome can be recorded.
+                    _ = &mut live_after, if !early.is_empty() => {
+                        let json: Vec<String> = early.drain(..).map(|e| e.to_json()).collect();
+                        let sent = tokio::time::timeout(Duration::from_millis(500), self.broker.emit(&json));
+                        if !matches!(sent.await, Ok(Ok(()))) {
+                            tracing::debug!("could not record the started event");
+                        }
+                    }
+                }
             }
         };
         drop(running);
