@@ -386,7 +386,9 @@ pub struct Ingested {
 }
 
 impl Effects {
-    pub fn is_empty(&self) -> bool {
+    /// Nothing but events (or nothing at all): a completion the broker may
+    /// take on its fast path.
+    pub fn only_events(&self) -> bool {
         self.records.is_empty()
             && self.groups.is_empty()
             && self.launch.is_empty()
@@ -394,7 +396,10 @@ impl Effects {
             && self.release.is_none()
             && self.celery_records.is_empty()
             && self.celery_sends.is_empty()
-            && self.events.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.only_events() && self.events.is_empty()
     }
 
     fn weight(&self) -> usize {

@@ -171,11 +171,13 @@ impl State {
         let Some(log) = self.events.as_mut() else {
             return;
         };
-        let ms = now_ms();
-        for e in events {
-            self.event_seq += 1;
-            log.push_back((format!("{ms}-{}", self.event_seq), e.clone()));
+        if events.is_empty() {
+            return;
         }
+        // One entry for them all, as the Redis broker stores them.
+        self.event_seq += 1;
+        let id = format!("{}-{}", now_ms(), self.event_seq);
+        log.push_back((id, celeriac_protocol::event::batch(events)));
         while log.len() > self.events_kept {
             log.pop_front();
         }

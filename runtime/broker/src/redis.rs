@@ -61,6 +61,9 @@ const GROUP: &str = "workers";
 const INLINE_BYTES: usize = 256 << 10;
 /// Messages per queue one blocking read may bring (see `fetch`).
 const BLOCKING_COUNT: usize = 2;
+/// Events stored in one stream entry at most.
+const EVENTS_PER_ENTRY: usize = 256;
+
 /// Dead letters kept per queue (approximate trim, as Redis' `MAXLEN ~`).
 const DLQ_CAP: u64 = 100_000;
 /// Delayed messages moved per script call, bounding the time Redis is busy.
@@ -265,8 +268,8 @@ local function apply_effects(e)
   for _, p in ipairs(e.pushes) do
     redis.call('LPUSH', p[1], p[2])
   end
-  for _, ev in ipairs(e.events) do
-    redis.call('XADD', e.events_key, 'MAXLEN', '~', e.events_kept, '*', 'e', ev)
+  if e.events ~= '' then
+    redis.call('XADD', e.events_key, 'MAXLEN', '~', e.events_kept, '*', 'e', e.events)
   end
 end
 "#;
@@ -361,6 +364,7 @@ return 1
 /// the error.
 const COMPLETE_LUA: &str = r#"
 local group, consumer, now, cap = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local events_key, events_kept = ARGV[5], ARGV[6]
 -- What this consumer holds, one XPENDING per stream rather than per message.
 local mine = {}
 local function holds(stream, id)
@@ -374,7 +378,7 @@ local function holds(stream, id)
   end
   return mine[stream][id]
 end
-local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reason, effects)
+local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reason, effects, events)
   local held = holds(stream, id)
   if not held then
     local ok, p = pcall(redis.call, 'XPENDING', stream, group, id, id, 1)
@@ -403,6 +407,9 @@ local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reas
   if effects ~= '' then
     apply_effects(cjson.decode(effects))
   end
+  if events ~= '' then
+    redis.call('XADD', events_key, 'MAXLEN', '~', events_kept, '*', 'e', events)
+  end
   redis.call('XACK', stream, group, id)
   redis.call('XDEL', stream, id)
   mine[stream][id] = nil
@@ -410,9 +417,9 @@ local function one(stream, rkey, target, id, mode, json, ttl, payload, due, reas
 end
 local out = {}
 for i = 0, #KEYS / 3 - 1 do
-  local k, a = i * 3, 4 + i * 8
+  local k, a = i * 3, 6 + i * 9
   local ok, r = pcall(one, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2],
-    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8])
+    ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
   if ok then
     out[#out + 1] = r
   else
@@ -620,6 +627,22 @@ impl RedisBroker {
         })
     }
 
+    /// Append `events` to the event stream in `pipe`, a few hundred to an
+    /// entry (one append per entry, not per event).
+    fn add_events(&self, pipe: &mut redis::Pipeline, events: &[String], kept: usize) {
+        for chunk in events.chunks(EVENTS_PER_ENTRY) {
+            pipe.cmd("XADD")
+                .arg(self.key("events"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(kept)
+                .arg("*")
+                .arg("e")
+                .arg(celeriac_protocol::event::batch(chunk))
+                .ignore();
+        }
+    }
+
     /// See [`crate::BrokerOptions::events`].
     pub fn with_events(mut self, on: bool, kept: usize) -> Self {
         self.events_kept = on.then_some(kept.max(1));
@@ -649,7 +672,7 @@ impl RedisBroker {
 
     /// [`Effects`] as [`EFFECTS_LUA`] reads them: keys resolved, numbers
     /// as strings (Lua's numbers are doubles).
-    fn lua_effects(&self, e: &Effects) -> String {
+    fn lua_effects(&self, e: &Effects, with_events: bool) -> String {
         let now = now_ms();
         let mut queues: Vec<&str> = Vec::new();
         let launch: Vec<[String; 3]> = e
@@ -697,7 +720,12 @@ impl RedisBroker {
             "pushes": e.celery_sends.iter().map(|m| {
                 (kombu_list(&e.celery_prefix, &m.queue, m.priority), &m.envelope)
             }).collect::<Vec<_>>(),
-            "events": if self.events_kept.is_some() { &e.events[..] } else { &[] },
+            // One entry for all of them (see `celeriac_protocol::event::batch`).
+            "events": if with_events && self.events_kept.is_some() && !e.events.is_empty() {
+                celeriac_protocol::event::batch(&e.events)
+            } else {
+                String::new()
+            },
             "events_key": self.key("events"),
             "events_kept": self.events_kept.unwrap_or(1).to_string(),
         });
@@ -795,6 +823,7 @@ impl RedisBroker {
         pipe.ignore_errors();
         pipe.cmd("MULTI");
         let mut spans = Vec::new();
+        let mut events: Vec<String> = Vec::new();
         for c in batch {
             let stream = self.stream(&c.queue);
             let mut n = 2;
@@ -807,6 +836,12 @@ impl RedisBroker {
             pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&c.delivery_id);
             pipe.cmd("XDEL").arg(&stream).arg(&c.delivery_id);
             spans.push(n);
+            events.extend(c.effects.events.iter().cloned());
+        }
+        // The batch's events in one entry, after the acks they report
+        // (their replies come after every span, and are not looked at).
+        if let Some(kept) = self.events_kept {
+            self.add_events(&mut pipe, &events, kept);
         }
         pipe.cmd("EXEC");
         let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut self.conn()).await?;
@@ -855,7 +890,12 @@ impl RedisBroker {
             .flat_map(|p| p.keys.iter().map(String::as_str))
             .collect();
         let mut cmd = evalsha(&self.complete, &keys);
-        cmd.arg(GROUP).arg(consumer).arg(now_ms()).arg(DLQ_CAP);
+        cmd.arg(GROUP)
+            .arg(consumer)
+            .arg(now_ms())
+            .arg(DLQ_CAP)
+            .arg(self.key("events"))
+            .arg(self.events_kept.unwrap_or(1));
         for p in &parts {
             cmd.arg(p.id)
                 .arg(p.mode)
@@ -864,7 +904,8 @@ impl RedisBroker {
                 .arg(p.payload)
                 .arg(p.due)
                 .arg(p.reason)
-                .arg(&p.effects);
+                .arg(&p.effects)
+                .arg(&p.events);
         }
         let reply = self
             .eval_many(&self.complete, &[cmd])
@@ -1056,10 +1097,18 @@ impl RedisBroker {
             None => (self.key("result:-"), "", 1),
         };
         CompletionArgs {
-            effects: if c.effects.is_empty() {
+            // Events go apart: most completions carry nothing else, and
+            // need no effects decoded.
+            effects: if c.effects.only_events() {
                 String::new()
             } else {
-                self.lua_effects(&c.effects)
+                self.lua_effects(&c.effects, false)
+            },
+            events: match self.events_kept {
+                Some(_) if !c.effects.events.is_empty() => {
+                    celeriac_protocol::event::batch(&c.effects.events)
+                }
+                _ => String::new(),
             },
             keys: [stream, result_key, target],
             id: &c.delivery_id,
@@ -1118,6 +1167,8 @@ struct CompletionArgs<'a> {
     due: u64,
     reason: &'a str,
     effects: String,
+    /// The completion's events as one entry (empty: none).
+    events: String,
 }
 
 /// EVALSHA of `script` over `keys`; the caller adds the arguments.
@@ -1254,20 +1305,9 @@ impl Broker for RedisBroker {
         let now = now_ms();
         let mut pipe = redis::pipe();
         if let Some(kept) = self.events_kept {
-            // In one transaction, events first: a reader never sees a
-            // task received before it was sent.
-            pipe.atomic();
-            for e in events {
-                pipe.cmd("XADD")
-                    .arg(self.key("events"))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(kept)
-                    .arg("*")
-                    .arg("e")
-                    .arg(e)
-                    .ignore();
-            }
+            // Events first, on the same connection: Redis runs a pipeline
+            // in order, so no reader sees a task received before it was sent.
+            self.add_events(&mut pipe, events, kept);
         }
         let mut queues: Vec<&str> = Vec::new();
         for m in messages {
@@ -1532,7 +1572,7 @@ impl Broker for RedisBroker {
         let (fresh, checked): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|&i| {
             batch[i].lease_fresh
                 && matches!(batch[i].disposition, Disposition::Ack)
-                && batch[i].effects.is_empty()
+                && batch[i].effects.only_events()
         });
         let mut out: Vec<Option<Result<Completed, BrokerError>>> =
             (0..batch.len()).map(|_| None).collect();
@@ -1601,7 +1641,7 @@ impl Broker for RedisBroker {
             return Ok(());
         }
         let mut cmd = evalsha(&self.apply, &[] as &[&str]);
-        cmd.arg(self.lua_effects(effects));
+        cmd.arg(self.lua_effects(effects, true));
         self.eval_many(&self.apply, &[cmd])
             .await?
             .pop()
@@ -2029,19 +2069,8 @@ impl Broker for RedisBroker {
         if events.is_empty() {
             return Ok(());
         }
-        let key = self.key("events");
         let mut pipe = redis::pipe();
-        for e in events {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(kept)
-                .arg("*")
-                .arg("e")
-                .arg(e)
-                .ignore();
-        }
+        self.add_events(&mut pipe, events, kept);
         let _: () = pipe.query_async(&mut self.conn()).await?;
         Ok(())
     }

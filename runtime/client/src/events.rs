@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use celeriac_broker::Broker;
-use celeriac_protocol::{Event, EventFilter};
+use celeriac_protocol::{Event, EventFilter, event};
 
 use crate::ClientError;
 
@@ -16,6 +16,8 @@ const READ_BATCH: usize = 500;
 #[derive(Debug, Clone)]
 pub struct Tail {
     after: String,
+    /// Events up to here were seen (resuming inside a stored batch).
+    seen: (u64, u64, u64),
 }
 
 impl Tail {
@@ -40,14 +42,21 @@ impl Tail {
         if events.len() > replay {
             events.drain(..events.len() - replay);
         }
-        Ok((events, Tail { after }))
+        Ok((
+            events,
+            Tail {
+                after,
+                seen: (0, 0, 0),
+            },
+        ))
     }
 
-    /// From just after the stream id `after` (a client resuming with
-    /// `Last-Event-ID`).
+    /// From just after the event `id` (a client resuming with
+    /// `Last-Event-ID`), even part way through a stored batch.
     pub fn after(id: &str) -> Self {
         Tail {
-            after: id.to_string(),
+            after: event::entry_before(id),
+            seen: event::position(id),
         }
     }
 
@@ -65,7 +74,12 @@ impl Tail {
         if let Some((id, _)) = read.last() {
             self.after = id.clone();
         }
-        Ok(decode(read, filter))
+        let mut events = decode(read, filter);
+        if self.seen != (0, 0, 0) {
+            let seen = self.seen;
+            events.retain(|e| e.id.as_deref().map(event::position) > Some(seen));
+        }
+        Ok(events)
     }
 
     /// Where the next read starts after.
@@ -77,7 +91,7 @@ impl Tail {
 /// Stored events that read and match; unreadable ones are skipped.
 fn decode(read: Vec<(String, String)>, filter: &EventFilter) -> Vec<Event> {
     read.into_iter()
-        .filter_map(|(id, json)| Event::from_stored(&id, &json).ok())
+        .flat_map(|(id, json)| Event::decode_stored(&id, &json))
         .filter(|e| filter.matches(e))
         .collect()
 }

@@ -212,6 +212,58 @@ impl Event {
         Ok(e)
     }
 
+    /// The events of one stream entry: one event, or a batch (a JSON
+    /// array, see [`batch`]) whose events get ids `<entry id>.<index>`.
+    /// An entry that does not read is skipped whole.
+    pub fn decode_stored(id: &str, json: &str) -> Vec<Self> {
+        if !json.trim_start().starts_with('[') {
+            return Self::from_stored(id, json).into_iter().collect();
+        }
+        let Ok(events) = serde_json::from_str::<Vec<Event>>(json) else {
+            return Vec::new();
+        };
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                e.id = Some(format!("{id}.{i}"));
+                e
+            })
+            .collect()
+    }
+}
+
+/// Events (JSON objects) as one stream entry: recording a task's events,
+/// or a batch's, costs one append instead of one per event.
+pub fn batch(events: &[String]) -> String {
+    match events {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(",")),
+    }
+}
+
+/// Where an event id (`<ms>-<seq>` or `<ms>-<seq>.<index>`) sits in the
+/// stream, for ordering; `(0, 0, 0)` for anything else.
+pub fn position(id: &str) -> (u64, u64, u64) {
+    let (entry, index) = id.split_once('.').unwrap_or((id, "0"));
+    let (ms, seq) = entry.split_once('-').unwrap_or((entry, "0"));
+    match (ms.parse(), seq.parse(), index.parse()) {
+        (Ok(ms), Ok(seq), Ok(i)) => (ms, seq, i),
+        _ => (0, 0, 0),
+    }
+}
+
+/// The stream id just before the entry holding event `id`: reading after
+/// it reads that entry again (for a reader resuming part way through it).
+pub fn entry_before(id: &str) -> String {
+    match position(id) {
+        (0, 0, _) => "0-0".to_string(),
+        (ms, 0, _) => format!("{}-{}", ms - 1, u64::MAX),
+        (ms, seq, _) => format!("{ms}-{}", seq - 1),
+    }
+}
+
+impl Event {
     /// One line for a terminal: time, type, task, id and what applies.
     pub fn line(&self) -> String {
         let at = chrono::DateTime::from_timestamp_millis(self.at as i64)
@@ -380,6 +432,36 @@ mod tests {
             }
             .matches(&worker)
         );
+    }
+
+    #[test]
+    fn batches_are_one_entry_with_an_id_per_event() {
+        let a = task_event(EventKind::Received).to_json();
+        let b = task_event(EventKind::Succeeded).to_json();
+        assert_eq!(batch(std::slice::from_ref(&a)), a);
+        let both = batch(&[a, b]);
+        let events = Event::decode_stored("5-1", &both);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].kind, EventKind::Succeeded);
+        assert_eq!(events[0].id.as_deref(), Some("5-1.0"));
+        assert_eq!(events[1].id.as_deref(), Some("5-1.1"));
+        assert_eq!(Event::decode_stored("5-2", "[{\"type\":1}]"), vec![]);
+        assert_eq!(
+            Event::decode_stored("5-3", &task_event(EventKind::Sent).to_json()).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn positions_order_events_and_resume_an_entry() {
+        assert!(position("1700-10") > position("1700-9"));
+        assert!(position("1701-0") > position("1700-99.4"));
+        assert!(position("1700-9.2") > position("1700-9.1"));
+        assert!(position("1700-9") < position("1700-9.1"));
+        assert_eq!(position("junk"), (0, 0, 0));
+        assert_eq!(entry_before("1700-9.3"), "1700-8");
+        assert_eq!(entry_before("1700-0"), format!("1699-{}", u64::MAX));
+        assert_eq!(entry_before("junk"), "0-0");
     }
 
     #[test]

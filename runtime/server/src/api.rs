@@ -26,9 +26,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::Shared;
 use crate::auth::Identity;
 use crate::error::{ApiError, ApiResult};
-use crate::{Shared, live};
+use celeriac_protocol::event::position;
 
 /// The OpenAPI document, as served.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -462,8 +463,8 @@ async fn stream_events(
         .last()
         .and_then(|e| e.id.as_deref())
         .or(resume)
-        .map(live::id_key)
-        .unwrap_or((0, 0));
+        .map(position)
+        .unwrap_or((0, 0, 0));
     let state = Streaming {
         replay: replay.into(),
         rx,
@@ -487,7 +488,7 @@ struct Streaming {
     rx: tokio::sync::broadcast::Receiver<Arc<Event>>,
     filter: EventFilter,
     /// Events up to this id were sent (from the replay): skip them live.
-    seen: (u64, u64),
+    seen: (u64, u64, u64),
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -503,7 +504,7 @@ impl Streaming {
             };
             match got {
                 Ok(e) => {
-                    let id = e.id.as_deref().map(live::id_key).unwrap_or((0, 0));
+                    let id = e.id.as_deref().map(position).unwrap_or((0, 0, 0));
                     if id <= self.seen || !self.filter.matches(&e) {
                         continue;
                     }

@@ -68,21 +68,3 @@ impl Live {
         self.tx.subscribe()
     }
 }
-
-/// Stream ids order as (milliseconds, sequence).
-pub fn id_key(id: &str) -> (u64, u64) {
-    let (a, b) = id.split_once('-').unwrap_or((id, "0"));
-    (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_ids_order_numerically() {
-        assert!(id_key("1700000000000-10") > id_key("1700000000000-9"));
-        assert!(id_key("1700000000001-0") > id_key("1700000000000-99"));
-        assert_eq!(id_key("junk"), (0, 0));
-    }
-}
