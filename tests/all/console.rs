@@ -66,6 +66,18 @@ impl Browser {
         .await;
     }
 
+    /// Type `token` into the sign-in form and submit it.
+    async fn sign_in(&self, input: &fantoccini::elements::Element, token: &str) {
+        input.clear().await.expect("clear the token field");
+        input.send_keys(token).await.expect("type the token");
+        let button = self.client.find(Locator::Css("#signin")).await;
+        button
+            .expect("the sign-in button")
+            .click()
+            .await
+            .expect("click");
+    }
+
     async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.expect("a screenshot");
         let dir = screenshots();
@@ -126,30 +138,14 @@ async fn the_console_signs_in_shows_tasks_live_and_requeues_dead_letters() {
         .for_element(Locator::Css("#token"))
         .await
         .expect("the sign-in form");
-    token_input.send_keys("cel_wrong").await.expect("type");
-    c.find(Locator::Css("#signin"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    b.sign_in(&token_input, "cel_wrong").await;
     wait_for("the sign-in error", Duration::from_secs(20), async || {
         b.text("#signin-error")
             .await
             .is_some_and(|t| t.contains("unknown token"))
     })
     .await;
-    token_input.clear().await.expect("clear");
-    token_input
-        .send_keys(&server.admin_token)
-        .await
-        .expect("type");
-    c.find(Locator::Css("#signin"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    b.sign_in(&token_input, &server.admin_token).await;
     b.wait_text("signed in as admin", "#whoami-name", "admin")
         .await;
     b.wait_text("the event stream live", "#live", "live").await;
