@@ -565,3 +565,27 @@ async fn events_show_long_tasks_live_and_failures_in_order() {
         "{failed}"
     );
 }
+
+/// A client that never finishes its request head is cut off (slow-header
+/// attacks hold no connection for long).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_that_never_ends_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new(&[]).await;
+    let server = ServeProcess::start(f.cli(), f.cache_dir(), &[]).await;
+    let addr = server
+        .base
+        .trim_start_matches("http://")
+        .replace("localhost", "127.0.0.1");
+    let mut slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a request");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was still open after 30 s");
+    // Others are served meanwhile and after.
+    assert_eq!(server.admin().get("/api/v1/whoami").await.0, 200);
+}

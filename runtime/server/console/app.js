@@ -459,7 +459,7 @@ function makeChart(ctx, box, series) {
       height: 180,
       series: [{ label: 'time', value: (u, v) => (v == null ? '--' : fmtTime(v * 1000)) },
         ...series.map(([label, stroke]) => ({ label, stroke, width: 1.5, value: legendValue }))],
-      axes: [{ space: 50, values: timeTicks }, { size: 50 }],
+      axes: [{ space: 90, values: timeTicks }, { size: 50 }],
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },

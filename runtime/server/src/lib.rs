@@ -150,14 +150,7 @@ impl Server {
     /// Serve until shutdown; open event streams end with it.
     pub async fn run(self) -> Result<(), ServeError> {
         let shutdown = self.state.shutdown.clone();
-        match self.tls {
-            None => {
-                axum::serve(self.listener, self.router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await?
-            }
-            Some(acceptor) => serve_tls(self.listener, acceptor, self.router, shutdown).await,
-        }
+        serve_connections(self.listener, self.tls, self.router, shutdown).await;
         Ok(())
     }
 }
@@ -288,21 +281,38 @@ fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// HTTPS: each connection's TLS handshake, then hyper serving the router.
-async fn serve_tls(
+/// Connections served at once at most; past it, accepting waits.
+const MAX_CONNECTIONS: usize = 4096;
+/// A client must send its request head within this (slow-header attacks).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Each connection (after its TLS handshake, with HTTPS) served by hyper
+/// with the router, within [`MAX_CONNECTIONS`] and [`HEADER_TIMEOUT`].
+/// On shutdown: accept no more, let requests in flight finish (event
+/// streams end at once), then stop.
+async fn serve_connections(
     listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     shutdown: CancellationToken,
 ) {
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -311,27 +321,55 @@ async fn serve_tls(
             _ = shutdown.cancelled() => break,
         };
         while connections.try_join_next().is_some() {}
-        let (acceptor, router, shutdown) = (acceptor.clone(), router.clone(), shutdown.clone());
+        let (tls, router, shutdown) = (tls.clone(), router.clone(), shutdown.clone());
         connections.spawn(async move {
-            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-            let Ok(Ok(tls)) = handshake.await else {
-                return;
-            };
+            let _slot = slot;
             let service = TowerToHyperService::new(router);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = async {
+                match tls {
+                    None => {
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        finish(conn, &shutdown).await
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream));
+                        let Ok(Ok(stream)) = handshake.await else {
+                            return;
+                        };
+                        let conn = http.serve_connection(TokioIo::new(stream), service);
+                        finish(conn, &shutdown).await
+                    }
                 }
-            }
+            };
+            served.await;
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(6), async {
         while connections.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// Serve one connection to its end, or shut it down gracefully.
+async fn finish<I>(
+    conn: hyper::server::conn::http1::Connection<
+        I,
+        hyper_util::service::TowerToHyperService<Router>,
+    >,
+    shutdown: &CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
