@@ -245,4 +245,6 @@ async fn the_console_signs_in_shows_tasks_live_and_requeues_dead_letters() {
         let png = std::fs::metadata(screenshots().join(format!("{name}.png"))).expect("saved");
         assert!(png.len() > 10_000, "{name}.png is {} bytes", png.len());
     }
+    // Ends the browser too (dropping only stops chromedriver).
+    b.client.clone().close().await.expect("close the session");
 }

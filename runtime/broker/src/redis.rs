@@ -61,8 +61,10 @@ const GROUP: &str = "workers";
 const INLINE_BYTES: usize = 256 << 10;
 /// Messages per queue one blocking read may bring (see `fetch`).
 const BLOCKING_COUNT: usize = 2;
-/// Events stored in one stream entry at most.
-const EVENTS_PER_ENTRY: usize = 256;
+/// Events stored in one stream entry at most (a task's life fits): the
+/// stream is capped by entries, so this bounds its memory (about 1 KiB an
+/// entry, 100 MiB at the default 100,000 kept).
+const EVENTS_PER_ENTRY: usize = 8;
 
 /// Dead letters kept per queue (approximate trim, as Redis' `MAXLEN ~`).
 const DLQ_CAP: u64 = 100_000;
@@ -823,7 +825,7 @@ impl RedisBroker {
         pipe.ignore_errors();
         pipe.cmd("MULTI");
         let mut spans = Vec::new();
-        let mut events: Vec<String> = Vec::new();
+        let mut events: Vec<&[String]> = Vec::new();
         for c in batch {
             let stream = self.stream(&c.queue);
             let mut n = 2;
@@ -836,12 +838,14 @@ impl RedisBroker {
             pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(&c.delivery_id);
             pipe.cmd("XDEL").arg(&stream).arg(&c.delivery_id);
             spans.push(n);
-            events.extend(c.effects.events.iter().cloned());
+            events.push(&c.effects.events);
         }
-        // The batch's events in one entry, after the acks they report
+        // Each task's events as an entry, after the acks they report
         // (their replies come after every span, and are not looked at).
         if let Some(kept) = self.events_kept {
-            self.add_events(&mut pipe, &events, kept);
+            for e in events {
+                self.add_events(&mut pipe, e, kept);
+            }
         }
         pipe.cmd("EXEC");
         let mut replies: Vec<RedisResult<Value>> = pipe.query_async(&mut self.conn()).await?;
