@@ -15,6 +15,7 @@ use super::{
     signature_slot,
 };
 use celeriac_protocol::Digest;
+use celeriac_protocol::event::position;
 use celeriac_protocol::message::{levels, split_level};
 use celeriac_protocol::{now_ms, record::state_of};
 
@@ -188,13 +189,9 @@ impl State {
         let Some(log) = &self.events else {
             return Vec::new();
         };
-        let key = |id: &str| -> (u64, u64) {
-            let (a, b) = id.split_once('-').unwrap_or((id, "0"));
-            (a.parse().unwrap_or(0), b.parse().unwrap_or(0))
-        };
-        let after = key(after);
+        let after = position(after);
         log.iter()
-            .filter(|(id, _)| key(id) > after)
+            .filter(|(id, _)| position(id) > after)
             .take(max)
             .cloned()
             .collect()

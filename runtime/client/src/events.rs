@@ -81,11 +81,6 @@ impl Tail {
         }
         Ok(events)
     }
-
-    /// Where the next read starts after.
-    pub fn position(&self) -> &str {
-        &self.after
-    }
 }
 
 /// Stored events that read and match; unreadable ones are skipped.

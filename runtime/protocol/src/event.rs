@@ -168,8 +168,9 @@ impl Event {
         }
     }
 
-    /// `msg` put on its queue.
-    pub fn sent(msg: &crate::TaskMessage, now: u64) -> Self {
+    /// An event about the task `msg` (its id, name, digest, queue,
+    /// retries and workflow).
+    pub fn of_task(kind: EventKind, msg: &crate::TaskMessage, now: u64) -> Self {
         Self {
             task_id: Some(msg.id.clone()),
             task: Some(msg.task.clone()),
@@ -177,9 +178,13 @@ impl Event {
             queue: Some(msg.queue.clone()),
             retries: Some(msg.retries),
             root_id: msg.root_id.clone(),
-            ..Self::new(EventKind::Sent, now)
+            ..Self::new(kind, now)
         }
-        .with_args(msg)
+    }
+
+    /// `msg` put on its queue.
+    pub fn sent(msg: &crate::TaskMessage, now: u64) -> Self {
+        Self::of_task(EventKind::Sent, msg, now).with_args(msg)
     }
 
     /// With `msg`'s arguments (clipped; kwargs only when there are some).

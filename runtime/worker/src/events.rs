@@ -28,14 +28,8 @@ const BATCH: usize = 512;
 /// An event about `msg`, by this worker.
 pub(crate) fn about(kind: EventKind, msg: &TaskMessage, worker: &str, now: u64) -> Event {
     Event {
-        task_id: Some(msg.id.clone()),
-        task: Some(msg.task.clone()),
-        digest: Some(msg.digest.to_string()),
-        queue: Some(msg.queue.clone()),
         worker: Some(worker.to_string()),
-        retries: Some(msg.retries),
-        root_id: msg.root_id.clone(),
-        ..Event::new(kind, now)
+        ..Event::of_task(kind, msg, now)
     }
 }
 
