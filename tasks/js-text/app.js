@@ -148,6 +148,17 @@ task('ascii', ['text: string'], (text) => {
   return text;
 });
 
+/** The n-th Fibonacci number, naively: the CPU-bound benchmark (as math.fib and Python's fib). */
+const fib = (n) => (n < 2 ? n : fib(n - 1) + fib(n - 2));
+task('fib', ['n: integer'], (n) => {
+  if (!(n >= 0 && n <= 35)) throw new InvalidInput(`n must be between 0 and 35, got ${n}`);
+  return fib(n);
+});
+
+/** How many times this task ran in this instance: 1 in a fresh one, n for the n-th of a reused one. */
+let callCount = 0;
+task('calls', [], () => ++callCount);
+
 // ---------------------------------------------------------------- capabilities
 // Granted in the signed manifest. fetch() is the standard one (wasi:http).
 

@@ -122,6 +122,18 @@ def fib(n: int) -> int:
     return cpu.fib(n)
 
 
+_calls = 0
+
+
+@task
+def calls() -> int:
+    """How many times this task ran in this interpreter: 1 in a fresh instance,
+    n for the n-th task of one reused (`sign --reuse`, `worker --reuse`)."""
+    global _calls
+    _calls += 1
+    return _calls
+
+
 # --- capabilities (granted in the signed manifest) -------------------------
 
 @task

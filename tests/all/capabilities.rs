@@ -26,6 +26,7 @@ fn grants(http: &[&str], config: &[&str], kv: bool) -> Grants {
         http: http.iter().map(|o| o.parse().expect("an origin")).collect(),
         config: config.iter().map(|k| k.to_string()).collect(),
         kv,
+        reuse: None,
     }
 }
 

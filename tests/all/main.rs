@@ -19,6 +19,7 @@ mod harness;
 mod polyglot;
 mod queue;
 mod registry;
+mod reuse;
 mod sandbox;
 mod worker_process;
 mod workflows;

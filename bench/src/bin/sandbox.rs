@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use celeriac_bench::{Stats, build_examples, fmt};
-use celeriac_sandbox::{Limits, Origin, Sandbox, SandboxConfig, TaskCall};
+use celeriac_sandbox::{Limits, Modules, Origin, Sandbox, SandboxConfig, TaskCall};
 
 const WARM_ITERATIONS: usize = 20_000;
 const LOAD_ROUNDS: usize = 5;
@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
         let cache = tempfile::tempdir()?;
         let sandbox = Sandbox::new(SandboxConfig {
             concurrency: 1,
-            fuel,
+            unmetered: if fuel { Modules::None } else { Modules::All },
             cache_dir: Some(cache.path().to_path_buf()),
             ..SandboxConfig::default()
         })?;

@@ -27,6 +27,13 @@ pub struct GrantArgs {
     /// Let the component keep state in its module's key-value namespace.
     #[arg(long)]
     kv: bool,
+    /// Let one instance serve up to N tasks of this component, one after
+    /// another, on workers whose policy allows it (`worker --reuse`): as
+    /// a Celery pool process serves many tasks, state a task leaves in the
+    /// instance (globals, caches) is seen by the next. Default: a fresh
+    /// instance for every task.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=celeriac_protocol::grants::MAX_REUSE as i64))]
+    reuse: Option<u32>,
 }
 
 impl GrantArgs {
@@ -35,6 +42,7 @@ impl GrantArgs {
             http: self.http.clone(),
             config: self.config.clone(),
             kv: self.kv,
+            reuse: self.reuse,
         }
     }
 }

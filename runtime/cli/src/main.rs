@@ -77,7 +77,7 @@ enum Command {
     /// Run a workflow (chain, group, chord, map, …) from a JSON or TOML file; prints its id.
     Workflow(workflow::Args),
     /// Consume queues and run tasks.
-    Worker(worker::Args),
+    Worker(Box<worker::Args>),
     /// Show a task's result record (or a workflow's state by its root id).
     Result(result::Args),
     /// Stop tasks or workflows from running (--terminate: running ones too).
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         Command::Workflow(a) => workflow::run(a),
         Command::Revoke(a) => revoke::run(a),
         Command::Beat(a) => beat::run(a),
-        Command::Worker(a) => worker::run(a),
+        Command::Worker(a) => worker::run(*a),
         Command::Result(a) => result::run(a),
         Command::Status(a) => status::run(a),
         Command::Dlq(a) => dlq::run(a),

@@ -1,5 +1,6 @@
 //! Capability grants: what a component may reach, as its signer requested
-//! in the signed manifest (HTTP origins, configuration keys, key-value).
+//! in the signed manifest (HTTP origins, configuration keys, key-value),
+//! and whether one instance may serve several of its tasks (`reuse`).
 //! A worker intersects them with its own policy; nothing here is granted
 //! unless named. Pure data and matching, shared by the signer, the worker
 //! and the sandbox.
@@ -12,6 +13,8 @@ use serde::{Deserialize, Serialize};
 /// Longest configuration key, and most keys / origins one manifest names.
 pub const MAX_CONFIG_KEY: usize = 128;
 pub const MAX_GRANT_ENTRIES: usize = 256;
+/// Most tasks a signer may let one instance serve.
+pub const MAX_REUSE: u32 = 1_000_000;
 
 /// What a component's signer asked for. Empty: pure computation.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,11 +28,16 @@ pub struct Grants {
     /// Whether the component may use its module's key-value namespace.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kv: bool,
+    /// Tasks one instance may serve, one after another, where a worker's
+    /// policy permits it (`worker --reuse`): state one task leaves in the
+    /// instance is seen by the next. Absent: a fresh instance per task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<u32>,
 }
 
 impl Grants {
     pub fn is_empty(&self) -> bool {
-        self.http.is_empty() && self.config.is_empty() && !self.kv
+        self.http.is_empty() && self.config.is_empty() && !self.kv && self.reuse.is_none()
     }
 
     /// Check what a signer asks for before it is signed (and what a
@@ -41,7 +49,10 @@ impl Grants {
         for key in &self.config {
             validate_config_key(key)?;
         }
-        Ok(())
+        match self.reuse {
+            Some(n) if !(2..=MAX_REUSE).contains(&n) => Err(GrantError::Reuse(n)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether some granted origin covers `scheme://host:port`.
@@ -68,6 +79,9 @@ impl Grants {
         }
         if self.kv {
             parts.push("kv".into());
+        }
+        if let Some(n) = self.reuse {
+            parts.push(format!("reuse {n}"));
         }
         parts.join("; ")
     }
@@ -101,6 +115,8 @@ pub enum GrantError {
     ConfigKey(String),
     #[error("too many grants: at most {0} origins and {0} config keys")]
     TooMany(usize),
+    #[error("invalid reuse {0}: one instance may serve 2 to {MAX_REUSE} tasks")]
+    Reuse(u32),
 }
 
 /// Which hosts an [`OriginPattern`] names.
@@ -352,11 +368,12 @@ mod tests {
             http: vec![p("https://*.stripe.com"), p("http://127.0.0.1:*")],
             config: vec!["api_token".into()],
             kv: true,
+            reuse: Some(100),
         };
         let json = serde_json::to_string(&g).unwrap();
         assert_eq!(
             json,
-            r#"{"http":["https://*.stripe.com","http://127.0.0.1:*"],"config":["api_token"],"kv":true}"#
+            r#"{"http":["https://*.stripe.com","http://127.0.0.1:*"],"config":["api_token"],"kv":true,"reuse":100}"#
         );
         assert_eq!(serde_json::from_str::<Grants>(&json).unwrap(), g);
         let none: Grants = serde_json::from_str("{}").unwrap();
@@ -365,9 +382,24 @@ mod tests {
         assert_eq!(none.summary(), "none");
         assert_eq!(
             g.summary(),
-            "http https://*.stripe.com http://127.0.0.1:*; config api_token; kv"
+            "http https://*.stripe.com http://127.0.0.1:*; config api_token; kv; reuse 100"
         );
         assert!(serde_json::from_str::<Grants>(r#"{"http":["gopher://x"]}"#).is_err());
+    }
+
+    #[test]
+    fn reuse_is_at_least_two_and_bounded() {
+        let reuse = |n| Grants {
+            reuse: Some(n),
+            ..Grants::default()
+        };
+        assert!(reuse(2).validate().is_ok());
+        assert!(reuse(MAX_REUSE).validate().is_ok());
+        for bad in [0, 1, MAX_REUSE + 1] {
+            let e = reuse(bad).validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("invalid reuse {bad}")), "{e}");
+        }
+        assert!(!reuse(2).is_empty());
     }
 
     #[test]

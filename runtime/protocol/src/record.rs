@@ -78,6 +78,13 @@ pub struct ResultRecord<R = Value> {
     pub root_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_id: Option<String>,
+    /// Whether the last attempt ran in a fresh instance (the default) or
+    /// in one kept from earlier tasks of its component (opt-in reuse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh: Option<bool>,
+    /// For a reused instance: which of its tasks this was (2 for the second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_use: Option<u32>,
 }
 
 /// Effective limits of a run, as recorded.

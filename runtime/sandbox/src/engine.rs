@@ -1,12 +1,13 @@
-//! The one wasmtime `Engine` a host uses, and the ticker that gives epoch
-//! interruption its wall-clock meaning.
+//! How a host's wasmtime engines are configured (one metered, one not,
+//! as its policy needs), and the ticker that gives epoch interruption its
+//! wall-clock meaning.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the epoch advances: the granularity of time limits and of the
 /// yields that keep one busy guest from starving the others.
@@ -37,7 +38,13 @@ pub(crate) fn build_engine(slots: u32, fuel: bool) -> wasmtime::Result<Engine> {
         // warm task. Kept per slot, so it shrinks for workers with hundreds
         // of (mostly waiting, I/O-bound) slots: see keep_resident.
         .linear_memory_keep_resident(keep_resident(slots))
-        .table_keep_resident(64 << 10);
+        .table_keep_resident(64 << 10)
+        // Where the kernel has PAGEMAP_SCAN (Linux 6.7+), a slot is reset
+        // by finding the pages a task dirtied instead of resetting whole
+        // regions: the next task of an interpreter (10-13 MiB image)
+        // faults fewer pages back in. bench/ measured Python -15..-25 %,
+        // JavaScript -30..-45 % per fresh task.
+        .pagemap_scan(Enabled::Auto);
 
     let mut config = Config::new();
     config
@@ -59,13 +66,13 @@ fn keep_resident(slots: u32) -> usize {
     (KEEP_RESIDENT_BUDGET / slots.max(1) as usize).clamp(64 << 10, 512 << 10) & !0xfff
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engines' epochs every [`EPOCH_TICK`] until dropped.
 pub(crate) struct EpochTicker {
     stop: Arc<AtomicBool>,
 }
 
 impl EpochTicker {
-    pub fn start(engine: Engine) -> Self {
+    pub fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         // A plain thread, not a tokio task: ticks must keep coming even when
@@ -75,7 +82,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             });
         if let Err(e) = spawned {

@@ -1,9 +1,12 @@
 //! The sandbox: runs one task of a component in a fresh wasmtime store under
 //! fuel, wall-clock (epoch) and memory limits, and names why a task failed
-//! in one line.
+//! in one line. Where both the component's signer and the host's policy
+//! allow it, an instance serves several tasks of its component and module
+//! one after another ([`ReusePolicy`], kept in `warm`).
 //!
-//! One [`Sandbox`] per host: it owns the engine (pooling allocator, fuel and
-//! epoch interruption), the linker (WASI with nothing granted, the
+//! One [`Sandbox`] per host: it owns the engines (pooling allocator, epoch
+//! interruption; one meters fuel, one does not, for the modules the policy
+//! runs unmetered), the linker (WASI with nothing granted, the
 //! `celeriac:task` imports, and the capabilities a signed grant can open:
 //! `wasi:http`, `wasi:config`, key-value), the pooled HTTP client, the
 //! on-disk compile cache and an LRU of ready-to-instantiate components.
@@ -14,9 +17,12 @@ mod engine;
 mod host;
 mod limits;
 mod outcome;
+mod policy;
+mod warm;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,12 +38,14 @@ pub use host::http::policy::{self as http_policy, HttpPolicy};
 pub use host::kv::{KeyValue, KvError};
 pub use limits::{HOST_FUEL_PER_BYTE, Limits};
 pub use outcome::{FailureKind, TaskCall, TaskError, TaskReport};
+pub use policy::{Modules, ReusePolicy};
 
 use bindings::{Task, TaskPre};
 use cache::DiskCache;
 use engine::EpochTicker;
 use host::http::HttpShared;
 use host::{Capabilities, HostState, TaskContext};
+use warm::{Idle, Warm};
 
 use celeriac_protocol::Digest;
 
@@ -49,9 +57,13 @@ pub const CONTRACT: &str = "celeriac:task@0.1.0";
 pub struct SandboxConfig {
     /// Tasks that may run at once; sizes the instance pool.
     pub concurrency: u32,
-    /// Meter fuel. Costs a few percent of guest speed; without it only the
-    /// wall-clock limit bounds CPU.
-    pub fuel: bool,
+    /// Modules run without fuel metering: their code runs 10-35 % faster,
+    /// and only the wall-clock limit bounds their CPU (and host work is
+    /// not charged). Every other module meters fuel.
+    pub unmetered: Modules,
+    /// Which modules may keep an instance for several tasks, when their
+    /// signer allows it too.
+    pub reuse: ReusePolicy,
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Bytes of compiled components the disk cache keeps at most; the
@@ -79,7 +91,8 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             concurrency: 4,
-            fuel: true,
+            unmetered: Modules::None,
+            reuse: ReusePolicy::default(),
             cache_dir: default_cache_root(),
             cache_max_bytes: Self::DEFAULT_CACHE_MAX_BYTES,
             loaded_capacity: 64,
@@ -118,39 +131,86 @@ pub enum Origin {
     Compiled,
 }
 
-/// A component ready to instantiate: compiled, linked and type-checked
-/// against the contract.
+/// A component ready to instantiate: compiled (for the metered or the
+/// unmetered engine), linked and type-checked against the contract.
 pub struct LoadedComponent {
     pub digest: Digest,
+    /// Compiled with fuel metering.
+    pub metered: bool,
     component: Component,
     pre: TaskPre<HostState>,
+    /// Instantiating it took longer than [`SLOW_START`] (an interpreter
+    /// filling its tables): worth doing ahead of the next task.
+    slow_start: AtomicBool,
 }
+
+/// Instantiation slower than this is done ahead of need, off the task's
+/// critical path (a spare). Rust and C components instantiate in about
+/// 5 µs, where a spare's bookkeeping would cost more than it saves;
+/// CPython about 1 ms.
+const SLOW_START: Duration = Duration::from_micros(100);
 
 impl LoadedComponent {
     /// Names of everything the component imports (interfaces and functions).
-    pub fn imports(&self, sandbox: &Sandbox) -> Vec<String> {
+    pub fn imports(&self, _sandbox: &Sandbox) -> Vec<String> {
         let ty = self.component.component_type();
-        ty.imports(&sandbox.engine)
+        ty.imports(self.component.engine())
             .map(|(name, _)| name.to_string())
             .collect()
     }
 
     /// Names of everything the component exports.
-    pub fn exports(&self, sandbox: &Sandbox) -> Vec<String> {
+    pub fn exports(&self, _sandbox: &Sandbox) -> Vec<String> {
         let ty = self.component.component_type();
-        ty.exports(&sandbox.engine)
+        ty.exports(self.component.engine())
             .map(|(name, _)| name.to_string())
             .collect()
     }
 }
 
-/// Runs tasks. Cheap to share: wrap it in an `Arc`.
-pub struct Sandbox {
+/// One engine and what is bound to it: fuel metering is compiled into the
+/// code, so metered and unmetered modules need an engine each.
+struct Flavor {
     engine: Engine,
     linker: Linker<HostState>,
-    config: SandboxConfig,
     disk: Option<DiskCache>,
-    loaded: Mutex<LruCache<Digest, Arc<LoadedComponent>>>,
+}
+
+impl Flavor {
+    fn new(config: &SandboxConfig, slots: u32, fuel: bool) -> Result<Self, SandboxError> {
+        let engine =
+            engine::build_engine(slots, fuel).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        // Each engine's artifacts go to their own directory (keyed by the
+        // engine's configuration).
+        let disk = match config.cache_dir.as_deref() {
+            Some(root) => DiskCache::open(root, &engine, config.cache_max_bytes)?,
+            None => None,
+        };
+        Ok(Self {
+            engine,
+            linker,
+            disk,
+        })
+    }
+}
+
+/// Runs tasks. Cheap to share: wrap it in an `Arc`.
+pub struct Sandbox {
+    /// Absent when every module runs unmetered.
+    metered: Option<Flavor>,
+    /// Present when some module runs unmetered.
+    unmetered: Option<Flavor>,
+    config: SandboxConfig,
+    loaded: Mutex<LruCache<(Digest, bool), Arc<LoadedComponent>>>,
+    /// Spares and instances kept for their module's next task.
+    idle: Arc<Idle>,
     http: Arc<HttpShared>,
     task_config: Arc<ConfigValues>,
     kv: Option<Arc<dyn KeyValue>>,
@@ -159,27 +219,31 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = engine::build_engine(config.concurrency, config.fuel)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        Task::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let disk = match config.cache_dir.as_deref() {
-            Some(root) => DiskCache::open(root, &engine, config.cache_max_bytes)?,
-            None => None,
-        };
+        let concurrency = config.concurrency.max(1);
+        // An idle instance (spare or kept) holds a pool slot: room for one
+        // per running task (up to MAX_IDLE), so idle ones never starve a
+        // fresh instantiation.
+        let idle_cap = concurrency.min(MAX_IDLE);
+        let slots = concurrency + idle_cap;
+        let metered = (config.unmetered != Modules::All)
+            .then(|| Flavor::new(&config, slots, true))
+            .transpose()?;
+        let unmetered = (!config.unmetered.is_none())
+            .then(|| Flavor::new(&config, slots, false))
+            .transpose()?;
+        let engines = [&metered, &unmetered]
+            .into_iter()
+            .flatten()
+            .map(|f| f.engine.clone())
+            .collect();
         let capacity =
             NonZeroUsize::new(config.loaded_capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Self {
-            _ticker: EpochTicker::start(engine.clone()),
-            engine,
-            linker,
-            disk,
+            _ticker: EpochTicker::start(engines),
+            metered,
+            unmetered,
             loaded: Mutex::new(LruCache::new(capacity)),
+            idle: Arc::new(Idle::new(idle_cap as usize)),
             http: Arc::new(HttpShared::new(config.http.clone())),
             task_config: Arc::new(config.task_config.clone()),
             kv: None,
@@ -198,29 +262,50 @@ impl Sandbox {
         &self.config
     }
 
-    /// Make `bytes` runnable, from memory, the disk cache or by compiling
-    /// (in that order). Compiling is CPU-heavy: call from a blocking context.
+    /// Make `bytes` runnable as the host runs most modules (metered,
+    /// unless the policy runs every module unmetered). See [`Self::load_as`].
     pub fn load(&self, bytes: &[u8]) -> Result<(Arc<LoadedComponent>, Origin), SandboxError> {
+        self.load_flavor(bytes, self.metered.is_some())
+    }
+
+    /// Make `bytes` runnable as module `module`: metered or not, as the
+    /// policy says for that module. From memory, the disk cache or by
+    /// compiling (in that order). Compiling is CPU-heavy: call from a
+    /// blocking context.
+    pub fn load_as(
+        &self,
+        bytes: &[u8],
+        module: &str,
+    ) -> Result<(Arc<LoadedComponent>, Origin), SandboxError> {
+        self.load_flavor(bytes, !self.config.unmetered.contains(module))
+    }
+
+    fn load_flavor(
+        &self,
+        bytes: &[u8],
+        metered: bool,
+    ) -> Result<(Arc<LoadedComponent>, Origin), SandboxError> {
         let digest = Digest::of(bytes);
-        if let Some(hit) = self.lock_loaded().get(&digest) {
+        if let Some(hit) = self.lock_loaded().get(&(digest, metered)) {
             return Ok((hit.clone(), Origin::Memory));
         }
-        let (component, origin) = match self
+        let flavor = self.flavor(metered)?;
+        let (component, origin) = match flavor
             .disk
             .as_ref()
-            .and_then(|d| d.load(&self.engine, &digest))
+            .and_then(|d| d.load(&flavor.engine, &digest))
         {
             Some(c) => (c, Origin::DiskCache),
             None => {
-                let c = Component::from_binary(&self.engine, bytes)
+                let c = Component::from_binary(&flavor.engine, bytes)
                     .map_err(|e| SandboxError::Compile(chain_line(&e)))?;
-                if let Some(disk) = &self.disk {
+                if let Some(disk) = &flavor.disk {
                     disk.store(&digest, &c);
                 }
                 (c, Origin::Compiled)
             }
         };
-        let instance_pre = self
+        let instance_pre = flavor
             .linker
             .instantiate_pre(&component)
             .map_err(|e| SandboxError::Link(chain_line(&e)))?;
@@ -228,11 +313,36 @@ impl Sandbox {
         release_freed_heap();
         let loaded = Arc::new(LoadedComponent {
             digest,
+            metered,
             component,
             pre,
+            slow_start: AtomicBool::new(false),
         });
-        self.lock_loaded().put(digest, loaded.clone());
+        let evicted = self.lock_loaded().push((digest, metered), loaded.clone());
+        if let Some(((gone, _), _)) = evicted.filter(|(key, _)| *key != (digest, metered)) {
+            // Its kept instances would hold the unloaded code alive.
+            self.idle.forget(&gone);
+        }
         Ok((loaded, origin))
+    }
+
+    fn flavor(&self, metered: bool) -> Result<&Flavor, SandboxError> {
+        let flavor = if metered {
+            &self.metered
+        } else {
+            &self.unmetered
+        };
+        flavor.as_ref().ok_or_else(|| {
+            SandboxError::Engine(format!(
+                "no {} engine on this host",
+                if metered { "metered" } else { "unmetered" }
+            ))
+        })
+    }
+
+    /// Idle instances kept for their module's next task.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.len()
     }
 
     /// Whether `bytes` are a component this host can run (compiled, linked
@@ -245,7 +355,9 @@ impl Sandbox {
             .map_err(|e| one_line(&e.to_string()))
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, LruCache<Digest, Arc<LoadedComponent>>> {
+    fn lock_loaded(
+        &self,
+    ) -> std::sync::MutexGuard<'_, LruCache<(Digest, bool), Arc<LoadedComponent>>> {
         // The cache holds no invariants a panic could break mid-update.
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -298,11 +410,15 @@ impl Sandbox {
             fuel_consumed: stats.fuel_consumed,
             memory_peak: stats.memory_peak,
             progress: stats.progress,
+            instance_use: stats.instance_use,
         }
     }
 
-    /// Instantiate `component` in a fresh, limited store, perform `action`
-    /// and classify every failure.
+    /// Instantiate `component` in a fresh, limited store (or take a kept
+    /// instance of it, where reuse is allowed), perform `action` and
+    /// classify every failure. An instance is kept only after a clean
+    /// success within its allowance and memory bound; any failure, trap,
+    /// limit, timeout or revoke (this future dropped) throws it away.
     async fn execute(
         &self,
         component: &LoadedComponent,
@@ -321,73 +437,73 @@ impl Sandbox {
             soft_deadline: limits.soft_timeout.map(|d| now + d),
             hard_deadline,
         };
-        let caps = Capabilities {
-            grants: call.grants.clone(),
-            http: self.http.clone(),
-            config: self.task_config.clone(),
-            kv: self.kv.clone(),
+        let allowance = match action {
+            Action::Call => self.config.reuse.allowance(&call.module, &call.grants),
+            Action::ListTasks => None,
         };
-        let state = HostState::new(
-            context,
-            caps,
-            limits.memory,
-            self.config.output_cap,
-            self.config.log_cap,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        if self.config.fuel {
+        let idle = match action {
+            Action::Call => self
+                .idle
+                .take(&component.digest, &call.module, allowance.is_some()),
+            Action::ListTasks => None,
+        };
+        let (mut store, instance, uses) = match idle {
+            Some(Warm {
+                mut store,
+                task,
+                uses,
+                ..
+            }) => {
+                store.data_mut().begin(context, limits.memory);
+                (store, Some(task), uses)
+            }
+            None => (
+                new_store(
+                    component,
+                    self.capabilities(call),
+                    context,
+                    limits,
+                    &self.config,
+                ),
+                None,
+                0,
+            ),
+        };
+        if uses == 0 && matches!(action, Action::Call) {
+            // This task takes a fresh instance: get the next one ready.
+            self.prepare_spare(component, call, limits);
+        }
+        if component.metered {
             // Only fails when fuel metering is off, which was just checked.
             let _ = store.set_fuel(limits.fuel);
-            // Work done inside host calls burns no wasm fuel; charge it as
-            // each host call returns, so a guest cannot loop on a cheap
-            // call that makes the host do a lot (64 MiB of random bytes).
-            store.call_hook(|mut ctx, hook| match hook {
-                CallHook::CallingHost => {
-                    ctx.data_mut().host_depth += 1;
-                    Ok(())
-                }
-                CallHook::ReturningFromHost => {
-                    let state = ctx.data_mut();
-                    state.host_depth = state.host_depth.saturating_sub(1);
-                    if state.host_depth == 0 {
-                        charge_host_work(ctx)
-                    } else {
-                        Ok(())
-                    }
-                }
-                _ => Ok(()),
-            });
         }
-        // Every tick: trap if past the hard limit, else yield so other tasks
-        // on this thread get to run.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |ctx| {
-            if Instant::now() >= ctx.data().task.hard_deadline {
-                Err(wasmtime::Error::new(HardLimit))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
 
         // Epochs only interrupt wasm code; the timeout also bounds time the
         // guest spends blocked in host calls (a WASI sleep, a poll).
         let outcome = {
             let store_ref = &mut store;
             let run = async move {
-                let task = component.pre.instantiate_async(&mut *store_ref).await?;
-                match action {
-                    Action::ListTasks => task
-                        .call_tasks(&mut *store_ref)
-                        .await
-                        .map(|t| Ok(Output::Tasks(t))),
-                    Action::Call => {
-                        let r = task
-                            .call_call(&mut *store_ref, &call.name, &call.args, &call.kwargs)
-                            .await?;
-                        Ok(r.map(Output::Json).map_err(failure))
+                let task = match instance {
+                    Some(task) => task,
+                    None => {
+                        let t = Instant::now();
+                        let task = component.pre.instantiate_async(&mut *store_ref).await?;
+                        if t.elapsed() > SLOW_START {
+                            component.slow_start.store(true, Ordering::Relaxed);
+                        }
+                        task
                     }
-                }
+                };
+                let output = match action {
+                    Action::ListTasks => Ok(Output::Tasks(task.call_tasks(&mut *store_ref).await?)),
+                    Action::Call => task
+                        .call_call(&mut *store_ref, &call.name, &call.args, &call.kwargs)
+                        .await?
+                        .map(Output::Json)
+                        .map_err(failure),
+                };
+                wasmtime::Result::Ok((task, output))
             };
             tokio::time::timeout_at(
                 tokio::time::Instant::from_std(hard_deadline + EPOCH_TICK),
@@ -396,7 +512,7 @@ impl Sandbox {
             .await
         };
 
-        let fuel_consumed = if self.config.fuel {
+        let fuel_consumed = if component.metered {
             store
                 .get_fuel()
                 .ok()
@@ -407,12 +523,18 @@ impl Sandbox {
         let state = store.data();
         let stderr = state.stderr.take();
         let stdout = state.stdout.take();
-        let result = match outcome {
-            Err(_elapsed) => Err(TaskError::TimeLimit {
-                limit: limits.timeout,
-            }),
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(classify(&e, state, limits, &stderr, fuel_consumed)),
+        let (result, instance) = match outcome {
+            Err(_elapsed) => (
+                Err(TaskError::TimeLimit {
+                    limit: limits.timeout,
+                }),
+                None,
+            ),
+            Ok(Ok((task, r))) => (r, Some(task)),
+            Ok(Err(e)) => (
+                Err(classify(&e, state, limits, &stderr, fuel_consumed)),
+                None,
+            ),
         };
         emit_output("stdout", &call.id, &stdout);
         emit_output("stderr", &call.id, &stderr);
@@ -422,13 +544,146 @@ impl Sandbox {
         if state.logs_truncated() > 0 {
             tracing::warn!(task_id = %call.id, truncated = state.logs_truncated(), "task logged lines over the per-line cap; they were cut");
         }
+        let uses = uses + 1;
         let stats = RunStats {
             fuel_consumed,
             memory_peak: state.limiter.peak,
             progress: state.progress,
+            instance_use: uses,
         };
+        let keep = match (allowance, instance, &result) {
+            (Some(allowance), Some(task), Ok(_)) if !state.limiter.denied => {
+                let memory = state.limiter.total();
+                ReusePolicy::keeps(allowance, uses, memory, self.config.reuse.max_memory)
+                    .then_some(task)
+            }
+            _ => None,
+        };
+        if let Some(task) = keep {
+            self.idle
+                .put(Warm::new(store, task, uses, component.digest, &call.module));
+        }
         (result, stats)
     }
+
+    fn capabilities(&self, call: &TaskCall) -> Capabilities {
+        Capabilities {
+            grants: call.grants.clone(),
+            http: self.http.clone(),
+            config: self.task_config.clone(),
+            kv: self.kv.clone(),
+        }
+    }
+
+    /// Instantiate a spare of `component` as `call`'s module in the
+    /// background, for the next task that needs a fresh instance: only for
+    /// components slow to instantiate, one at a time per component and
+    /// module, and only inside a tokio runtime.
+    fn prepare_spare(&self, component: &LoadedComponent, call: &TaskCall, limits: &Limits) {
+        if !component.slow_start.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (digest, module) = (component.digest, call.module.clone());
+        if !self.idle.start_spare(&digest, &module) {
+            return;
+        }
+        // Its own context until a task takes it (`HostState::begin`); the
+        // hard deadline bounds a runaway instantiation.
+        let now = Instant::now();
+        let context = TaskContext {
+            id: "spare".into(),
+            module: module.clone(),
+            name: String::new(),
+            retries: 0,
+            max_retries: 0,
+            soft_deadline: None,
+            hard_deadline: now + SPARE_DEADLINE,
+        };
+        let mut store = new_store(
+            component,
+            self.capabilities(call),
+            context,
+            limits,
+            &self.config,
+        );
+        if component.metered {
+            let _ = store.set_fuel(limits.fuel);
+        }
+        store.set_epoch_deadline(1);
+        let pre = component.pre.clone();
+        let idle = self.idle.clone();
+        runtime.spawn(async move {
+            let made = pre.instantiate_async(&mut store).await;
+            idle.end_spare(&digest, &module);
+            match made {
+                Ok(task) => idle.put(Warm::new(store, task, 0, digest, &module)),
+                Err(e) => tracing::debug!(%digest, error = %error_line(&e), "could not make a spare instance"),
+            }
+        });
+    }
+}
+
+/// Most idle instances (spares and kept ones) a sandbox holds: each holds
+/// a pool slot, which reserves address space.
+const MAX_IDLE: u32 = 64;
+
+/// Longest a spare's instantiation may take.
+const SPARE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A new store for one task of `component`, under `limits`: fuel metering
+/// (with host work charged) when the component is metered, and the epoch
+/// callback that enforces the hard limit.
+fn new_store(
+    component: &LoadedComponent,
+    caps: Capabilities,
+    context: TaskContext,
+    limits: &Limits,
+    config: &SandboxConfig,
+) -> Store<HostState> {
+    let state = HostState::new(
+        context,
+        caps,
+        limits.memory,
+        config.output_cap,
+        config.log_cap,
+    );
+    let mut store = Store::new(component.component.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    if component.metered {
+        // Work done inside host calls burns no wasm fuel; charge it as
+        // each host call returns, so a guest cannot loop on a cheap call
+        // that makes the host do a lot (64 MiB of random bytes).
+        store.call_hook(|mut ctx, hook| match hook {
+            CallHook::CallingHost => {
+                ctx.data_mut().host_depth += 1;
+                Ok(())
+            }
+            CallHook::ReturningFromHost => {
+                let state = ctx.data_mut();
+                state.host_depth = state.host_depth.saturating_sub(1);
+                if state.host_depth == 0 {
+                    charge_host_work(ctx)
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        });
+    }
+    // Every tick: trap if past the hard limit, else yield so other tasks on
+    // this thread get to run. The deadline is read from the state, so a
+    // kept instance's next task brings its own.
+    store.epoch_deadline_callback(move |ctx| {
+        if Instant::now() >= ctx.data().task.hard_deadline {
+            Err(wasmtime::Error::new(HardLimit))
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
 }
 
 #[derive(Clone, Copy)]
@@ -458,6 +713,7 @@ struct RunStats {
     fuel_consumed: Option<u64>,
     memory_peak: u64,
     progress: Option<(u64, u64)>,
+    instance_use: u32,
 }
 
 /// Charge the host work done since the last charge to the store's fuel, at

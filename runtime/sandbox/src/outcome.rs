@@ -20,7 +20,8 @@ pub struct TaskCall {
     pub kwargs: String,
     pub retries: u32,
     pub max_retries: u32,
-    /// What the component's signed manifest grants (HTTP, config, kv).
+    /// What the component's signed manifest grants (HTTP, config, kv,
+    /// reuse).
     pub grants: std::sync::Arc<celeriac_protocol::Grants>,
 }
 
@@ -126,6 +127,9 @@ pub struct TaskReport {
     pub memory_peak: u64,
     /// Last progress the task reported.
     pub progress: Option<(u64, u64)>,
+    /// Which task this was for its instance: 1 for a fresh instance, n for
+    /// the n-th task a reused one served; 0 when nothing ran.
+    pub instance_use: u32,
 }
 
 impl TaskReport {
@@ -137,6 +141,7 @@ impl TaskReport {
             fuel_consumed: fuel,
             memory_peak: 0,
             progress: None,
+            instance_use: 0,
         }
     }
 }

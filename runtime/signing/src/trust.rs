@@ -325,6 +325,7 @@ mod tests {
             http: vec!["https://api.example.com".parse().unwrap()],
             config: vec!["token".into()],
             kv: true,
+            reuse: Some(10),
         };
         let sig =
             crate::sign_component_with(b"x", &alice, "web", &grants, std::time::SystemTime::now())
@@ -335,16 +336,20 @@ mod tests {
         // payload no longer matches the signature.
         let b64 = base64::engine::general_purpose::STANDARD;
         let payload = String::from_utf8(b64.decode(&sig.payload).unwrap()).unwrap();
-        let widened = payload.replace("https://api.example.com", "https://*");
-        assert_ne!(payload, widened);
-        let forged = SignatureFile {
-            payload: b64.encode(widened),
-            ..sig.clone()
-        };
-        assert!(matches!(
-            trust.verify(b"x", &forged),
-            Err(VerifyError::BadSignature { .. })
-        ));
+        for widened in [
+            payload.replace("https://api.example.com", "https://*"),
+            payload.replace(r#""reuse":10"#, r#""reuse":1000000"#),
+        ] {
+            assert_ne!(payload, widened);
+            let forged = SignatureFile {
+                payload: b64.encode(widened),
+                ..sig.clone()
+            };
+            assert!(matches!(
+                trust.verify(b"x", &forged),
+                Err(VerifyError::BadSignature { .. })
+            ));
+        }
 
         // A signer cannot ask for malformed grants.
         let bad = crate::Grants {

@@ -133,14 +133,15 @@ impl ComponentCache {
                 Err(e) => return Err(LoadError::Refused(format!("component {digest}: {e}"))),
             };
         let sandbox = self.sandbox.clone();
+        let as_module = module.to_string();
         // Compiling is CPU-heavy: keep it off the async threads.
-        let loaded = tokio::task::spawn_blocking(move || sandbox.load(&bytes))
+        let loaded = tokio::task::spawn_blocking(move || sandbox.load_as(&bytes, &as_module))
             .await
             .map_err(|e| LoadError::Transient(format!("compile task failed: {e}")))?
             .map_err(|e| LoadError::Refused(format!("component {digest}: {e}")))?;
         let grants = verified.manifest.grants;
         tracing::info!(%digest, module = %verified.manifest.module, signer = %verified.signer,
-            origin = ?loaded.1, grants = %grants.summary(), "component ready");
+            origin = ?loaded.1, grants = %grants.summary(), metered = loaded.0.metered, "component ready");
         Ok(Arc::new(Ready {
             loaded: loaded.0,
             grants: Arc::new(grants),

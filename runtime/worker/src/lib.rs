@@ -632,6 +632,7 @@ impl Worker {
             fuel: report.fuel_consumed,
             limits,
             started_at,
+            instance_use: report.instance_use,
         };
         let verdict = settle::ran(msg, ran, &self.config, now_ms());
         log_settled(&verdict, report.elapsed);
@@ -669,6 +670,7 @@ async fn map_calls(
     };
     let mut results = Vec::with_capacity(items.len());
     let mut fuel = 0u64;
+    let mut first_use = 0;
     for (i, item) in items.iter().enumerate() {
         call.args = if map.star {
             item.get().to_string()
@@ -677,6 +679,9 @@ async fn map_calls(
         };
         let mut report = sandbox.run(component, &call, limits).await;
         fuel = fuel.saturating_add(report.fuel_consumed.unwrap_or(0));
+        if i == 0 {
+            first_use = report.instance_use;
+        }
         match report.result {
             Ok(json) => results.push(json),
             Err(e) => {
@@ -686,11 +691,15 @@ async fn map_calls(
             }
         }
     }
-    celeriac_sandbox::TaskReport::of(
-        Ok(format!("[{}]", results.join(","))),
-        started.elapsed(),
-        Some(fuel),
-    )
+    // Whether the map started in a fresh instance (later items may reuse it).
+    celeriac_sandbox::TaskReport {
+        instance_use: first_use,
+        ..celeriac_sandbox::TaskReport::of(
+            Ok(format!("[{}]", results.join(","))),
+            started.elapsed(),
+            Some(fuel),
+        )
+    }
 }
 
 /// The phases of a shutdown, as seen by each delivery's future.

@@ -99,6 +99,8 @@ pub(crate) fn anonymous_record(id: String, queue: &str, config: &WorkerConfig, n
         limits: None,
         root_id: None,
         parent_id: None,
+        fresh: None,
+        instance_use: None,
     }
 }
 
@@ -222,6 +224,8 @@ pub(crate) struct Ran {
     pub limits: Limits,
     /// Unix milliseconds.
     pub started_at: u64,
+    /// 1: a fresh instance; n: the n-th task of a reused one; 0: none ran.
+    pub instance_use: u32,
 }
 
 /// Settle a task that ran; `now` dates the record and a retry.
@@ -236,6 +240,8 @@ pub(crate) fn ran(msg: &TaskMessage, run: Ran, config: &WorkerConfig, now: u64) 
             fuel: run.limits.fuel,
             memory: run.limits.memory,
         }),
+        fresh: (run.instance_use > 0).then_some(run.instance_use == 1),
+        instance_use: (run.instance_use > 1).then_some(run.instance_use),
         ..record(msg, TaskState::Started, config, now)
     };
     let json = match run.outcome {
@@ -449,6 +455,7 @@ pub(crate) mod tests {
                 memory: 1 << 20,
             },
             started_at: 10,
+            instance_use: 1,
         }
     }
 
@@ -507,6 +514,27 @@ pub(crate) mod tests {
         // Readers see the same record with the value parsed.
         let back: ResultRecord = serde_json::from_str(&r.to_json()).unwrap();
         assert_eq!(back.result, Some(serde_json::json!([1, 2])));
+        assert_eq!((r.fresh, r.instance_use), (Some(true), None));
+    }
+
+    #[test]
+    fn the_record_says_whether_the_instance_was_fresh() {
+        let reused = Ran {
+            instance_use: 3,
+            ..run(Ok("1".into()))
+        };
+        let v = ran(&msg(0, 3), reused, &config(), 50);
+        let r = v.record.as_ref().unwrap();
+        assert_eq!((r.fresh, r.instance_use), (Some(false), Some(3)));
+        let json = r.to_json();
+        assert!(json.contains(r#""fresh":false,"instance_use":3"#), "{json}");
+        // Nothing ran (refused before the sandbox): neither is claimed.
+        let none = Ran {
+            instance_use: 0,
+            ..run(Err(failed(FailureKind::Fatal, "no")))
+        };
+        let r = ran(&msg(0, 0), none, &config(), 50).record.unwrap();
+        assert_eq!((r.fresh, r.instance_use), (None, None));
     }
 
     #[test]

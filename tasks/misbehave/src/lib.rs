@@ -2,6 +2,8 @@
 //! sandbox stops each one with the right cause and keeps going.
 
 use std::hint::black_box;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use celeriac_sdk::{Error, Result, task};
@@ -212,7 +214,26 @@ pub fn exit(status: u8, std: Option<bool>) -> u64 {
     unreachable!("exit-with-code returned")
 }
 
+/// How many times this task has run in this instance: 1 in a fresh one,
+/// n for the n-th task of a reused one (a global survives only as long as
+/// its instance).
+#[task]
+pub fn calls() -> u32 {
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    CALLS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+/// Keeps `mib` MiB more in a global, as a leaking task would; returns the
+/// MiB kept in this instance so far.
+#[task]
+pub fn keep(mib: usize) -> usize {
+    static KEPT: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    kept.push(black_box(vec![1u8; mib << 20]));
+    kept.iter().map(|k| k.len() >> 20).sum()
+}
+
 celeriac_sdk::export_tasks!(
     hold, spin, hog, recurse, panic, flaky, fatal, patient, sleep, chatter, escape, host_work,
-    crash, exit, bloat
+    crash, exit, bloat, calls, keep
 );

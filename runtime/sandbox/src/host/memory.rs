@@ -28,6 +28,21 @@ impl MemoryLimiter {
             denied: false,
         }
     }
+
+    /// A kept instance starts its next task: its memory stays counted, the
+    /// new task's limit applies to what it grows, and its peak starts at
+    /// what it holds.
+    pub fn begin(&mut self, limit: u64) {
+        self.limit = limit;
+        self.peak = self.total;
+        self.last_grant = 0;
+        self.denied = false;
+    }
+
+    /// Bytes of linear memory the instance holds now.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {

@@ -1,7 +1,9 @@
 //! Per-task host state: what the guest's imports see and what the limits
 //! track, including the host work (bytes moved by host calls) that the
-//! sandbox charges to the task's fuel. A fresh one is built for every task,
-//! so nothing leaks between tasks.
+//! sandbox charges to the task's fuel. A fresh one is built with every
+//! fresh instance; an instance kept for its module's next task (opt-in
+//! reuse) has every per-task part reset by [`HostState::begin`], so no
+//! task inherits another's identity, deadlines, budgets or output.
 //!
 //! One module per capability the host offers a guest, each with its own
 //! limits and tests:
@@ -60,6 +62,7 @@ pub(crate) struct HostState {
     pub stdout: CappedPipe,
     pub stderr: CappedPipe,
     log_budget: usize,
+    log_cap: usize,
     logs_dropped: u64,
     logs_truncated: u64,
     pub progress: Option<(u64, u64)>,
@@ -111,12 +114,38 @@ impl HostState {
             stdout,
             stderr,
             log_budget: log_cap,
+            log_cap,
             logs_dropped: 0,
             logs_truncated: 0,
             progress: None,
             host_work,
             host_depth: 0,
         }
+    }
+
+    /// Make a kept instance's state the next task's: its context, HTTP
+    /// state (id, deadline), memory limit and fresh budgets. What the
+    /// guest holds in its own memory and resource handles (WASI streams
+    /// its libc opened) stays: that is what reuse keeps.
+    pub fn begin(&mut self, task: TaskContext, memory_limit: u64) {
+        self.http = TaskHttp::new(
+            self.caps.http.clone(),
+            self.caps.grants.clone(),
+            &task.id,
+            task.hard_deadline,
+            self.host_work.clone(),
+        );
+        self.task = task;
+        self.limiter.begin(memory_limit);
+        // Taken at the end of the last task; emptied again in case.
+        drop(self.stdout.take());
+        drop(self.stderr.take());
+        self.log_budget = self.log_cap;
+        self.logs_dropped = 0;
+        self.logs_truncated = 0;
+        self.progress = None;
+        self.host_work.store(0, Ordering::Relaxed);
+        self.host_depth = 0;
     }
 
     pub fn logs_dropped(&self) -> u64 {
