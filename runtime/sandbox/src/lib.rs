@@ -64,6 +64,9 @@ pub struct SandboxConfig {
     /// Which modules may keep an instance for several tasks, when their
     /// signer allows it too.
     pub reuse: ReusePolicy,
+    /// Instantiate the next fresh instance of a slow-starting component
+    /// (an interpreter) in the background, so a task does not wait for it.
+    pub spares: bool,
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Bytes of compiled components the disk cache keeps at most; the
@@ -93,6 +96,7 @@ impl Default for SandboxConfig {
             concurrency: 4,
             unmetered: Modules::None,
             reuse: ReusePolicy::default(),
+            spares: true,
             cache_dir: default_cache_root(),
             cache_max_bytes: Self::DEFAULT_CACHE_MAX_BYTES,
             loaded_capacity: 64,
@@ -449,8 +453,7 @@ impl Sandbox {
         };
         let (mut store, instance, uses) = match idle {
             Some(Warm {
-                mut store,
-                task,
+                instance: (mut store, task),
                 uses,
                 ..
             }) => {
@@ -561,7 +564,7 @@ impl Sandbox {
         };
         if let Some(task) = keep {
             self.idle
-                .put(Warm::new(store, task, uses, component.digest, &call.module));
+                .put(Warm::new((store, task), uses, component.digest, &call.module));
         }
         (result, stats)
     }
@@ -580,7 +583,7 @@ impl Sandbox {
     /// components slow to instantiate, one at a time per component and
     /// module, and only inside a tokio runtime.
     fn prepare_spare(&self, component: &LoadedComponent, call: &TaskCall, limits: &Limits) {
-        if !component.slow_start.load(Ordering::Relaxed) {
+        if !self.config.spares || !component.slow_start.load(Ordering::Relaxed) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -619,7 +622,7 @@ impl Sandbox {
             let made = pre.instantiate_async(&mut store).await;
             idle.end_spare(&digest, &module);
             match made {
-                Ok(task) => idle.put(Warm::new(store, task, 0, digest, &module)),
+                Ok(task) => idle.put(Warm::new((store, task), 0, digest, &module)),
                 Err(e) => tracing::debug!(%digest, error = %error_line(&e), "could not make a spare instance"),
             }
         });
