@@ -17,9 +17,10 @@ import requests
 from celery import Celery
 from requests.adapters import HTTPAdapter
 
-# The very file Celeriac's Python example builds into its component.
+# The very files Celeriac's Python example builds into its component.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "tasks" / "python-text"))
 import cpu  # noqa: E402
+import words  # noqa: E402
 
 REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
 PREFIX = os.environ.get("BENCH_PREFIX", "celery-bench:")
@@ -63,6 +64,11 @@ def xsum(values):
 @app.task(name="fib")
 def fib(n):
     return cpu.fib(n)
+
+
+@app.task(name="word_count")
+def word_count(text):
+    return words.words(text)
 
 
 @app.task(name="sha256")

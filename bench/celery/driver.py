@@ -2,7 +2,8 @@
 object: elapsed seconds (first submit to last result), submit seconds, and
 per-task latencies in microseconds for the latency workload.
 
-    python driver.py warmup | noop N | latency N | cpu N FIB_N | payload N BYTES | io N URL
+    python driver.py warmup | noop N | latency N | cpu N FIB_N | short N TEXT WANT
+                     | payload N BYTES | io N URL
                      | chord N ROUNDS | preload N FILE | drain FILE
 
 `preload` sends N add(i, i) with no worker running and keeps their ids in
@@ -22,7 +23,7 @@ from datetime import datetime
 import celery
 import redis
 
-from bench_app import PREFIX, QUEUE, REDIS, add, app, fetch, fib, sha256, xsum
+from bench_app import PREFIX, QUEUE, REDIS, add, app, fetch, fib, sha256, word_count, xsum
 
 r = redis.Redis.from_url(REDIS)
 
@@ -97,6 +98,10 @@ def main():
         n, arg = int(sys.argv[2]), int(sys.argv[3])
         want = cpu_fib(arg)
         out = bulk(fib, [(arg,)] * n, lambda k, v: v == want)
+    elif what == "short":
+        # A short Python task: one sentence's word count, WANT words.
+        n, text, want = int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+        out = bulk(word_count, [(text,)] * n, lambda k, v: v == want)
     elif what == "payload":
         n, size = int(sys.argv[2]), int(sys.argv[3])
         texts = payloads(n, size)

@@ -6,24 +6,11 @@ import { bytesToHex } from '@noble/hashes/utils.js';
 import { format, isValid, parseISO } from 'date-fns';
 import { de, enGB, enUS, es, fr, ja } from 'date-fns/locale';
 import Papa from 'papaparse';
+import { words } from './words.js';
 
 // Plain charCodeAt loops: StarlingMonkey interprets JS (no JIT in wasm) and
-// its regexes are slow, so these are the fastest shapes measured on 1 MB.
-
-// Words as Rust's split_whitespace: runs of non-White_Space. JS's \s is
-// not the same set (it has U+FEFF, lacks U+0085).
-function words(s) {
-  let n = 0, inWord = false;
-  const len = s.length;
-  for (let i = 0; i < len; i++) {
-    const c = s.charCodeAt(i);
-    const ws = c === 32 || (c >= 9 && c <= 13) || (c >= 0x85 && (c === 0x85 || c === 0xa0 || c === 0x1680 ||
-      (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000));
-    if (!ws && !inWord) n++;
-    inWord = !ws;
-  }
-  return n;
-}
+// its regexes are slow, so these are the fastest shapes measured on 1 MB
+// (`words`, shared with bench/bullmq, is in words.js).
 
 // Rust str::lines(): split on \n (a trailing \r is dropped, not counted), no final empty line.
 function lines(s) {

@@ -12,16 +12,7 @@ from celeriac import (
 )
 
 import cpu
-
-# Rust's split_whitespace() uses Unicode White_Space; Python's str.split()
-# also splits on U+001C..U+001F, which Rust keeps inside words.
-_PY_ONLY_SPACE = re.compile("[\x1c-\x1f]")
-
-
-def _words(text: str) -> int:
-    if _PY_ONLY_SPACE.search(text):
-        text = _PY_ONLY_SPACE.sub("_", text)
-    return len(text.split())
+from words import words as _words
 
 
 @task

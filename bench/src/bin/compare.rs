@@ -17,6 +17,17 @@
 //! each system runs as it would be deployed for I/O-bound work: Celery
 //! prefork `-c 2` and gevent `-c 100` (one row each), Celeriac
 //! `--concurrency 100`, as many as the gevent pool (the `web` component, granted `http://127.0.0.1:*`).
+//!
+//! Short tasks in a guest language: `python-short` runs one sentence's
+//! word count on Celery and on the python-text component, from the same
+//! source (tasks/python-text/words.py); `js-short` runs the same for
+//! JavaScript (tasks/js-text/words.js) on BullMQ (bench/bullmq, one Worker
+//! with `concurrency: 2`, in the Celery columns) and on the js-text
+//! component. Their Celeriac side runs as variants, each its own worker and
+//! table row against the one Celery (or BullMQ) run: a fresh instance per
+//! task (the default), and instances reused (the component signed with
+//! `reuse`, the worker given `--reuse MODULE`); `same-code` adds a row with
+//! reuse and fuel metering off (`--no-fuel MODULE`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -36,7 +47,7 @@ use celeriac_client::{self as client, SubmitOptions, TaskRequest};
 use celeriac_protocol::record::TaskState;
 use celeriac_sandbox::{Sandbox, SandboxConfig};
 use celeriac_signing::{
-    Grants, KeyPair, PublicKey, TrustStore, generate_keypair, sign_component_with,
+    Grants, KeyPair, PublicKey, SignatureFile, TrustStore, generate_keypair, sign_component_with,
 };
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -68,18 +79,24 @@ enum Workload {
     Cpu,
     Payload,
     SameCode,
+    /// A short Python task (one sentence's word count), the same source on both.
+    PythonShort,
+    /// A short JavaScript task, the same source on BullMQ and Celeriac.
+    JsShort,
     Io,
     Chord,
     /// Celery's own producer (driver.py) against each worker.
     CeleryProducer,
 }
 
-const ALL: [Workload; 8] = [
+const ALL: [Workload; 10] = [
     Workload::Noop,
     Workload::Latency,
     Workload::Cpu,
     Workload::Payload,
     Workload::SameCode,
+    Workload::PythonShort,
+    Workload::JsShort,
     Workload::Io,
     Workload::Chord,
     Workload::CeleryProducer,
@@ -95,14 +112,25 @@ const SLOTS: &str = "2";
 const IO_DELAY: Duration = Duration::from_millis(50);
 const GEVENT_SLOTS: &str = "100";
 const IO_SLOTS: &str = "100";
+/// The short-task workloads' argument, and its word count.
+const SENTENCE: &str = "the quick brown fox jumps over the lazy dog";
+const SENTENCE_WORDS: u64 = 9;
+/// How many tasks a reused instance may serve (the signed manifest's
+/// `reuse`, as `celeriac sign --reuse 1000`).
+const REUSE: u32 = 1000;
 
-/// How the Celery worker runs its tasks.
+/// How the Celery worker runs its tasks (or, for `js-short`, BullMQ's).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Pool {
-    /// `-P prefork -c 2`: every workload.
+    /// `-P prefork -c 2`: every Celery workload.
     Prefork,
     /// `-P gevent -c 100`: the practitioner's pool for I/O-bound tasks.
     Gevent,
+    /// A BullMQ Worker with `concurrency: 2` (bench/bullmq): BullMQ's own
+    /// slots, jobs in flight at once on one event loop. Its docs keep extra
+    /// processes (sandboxed processors) for CPU-heavy jobs, which a
+    /// sentence's word count is not.
+    Bullmq,
 }
 
 impl Pool {
@@ -110,19 +138,75 @@ impl Pool {
         match self {
             Self::Prefork => "prefork",
             Self::Gevent => "gevent",
+            Self::Bullmq => "bullmq",
         }
     }
 
     fn slots(self) -> &'static str {
         match self {
-            Self::Prefork => SLOTS,
+            Self::Prefork | Self::Bullmq => SLOTS,
             Self::Gevent => GEVENT_SLOTS,
         }
     }
 
-    /// `prefork -c 2`, as the table shows it.
+    /// What runs the Celeriac-less side: Celery, or BullMQ.
+    fn system(self) -> &'static str {
+        match self {
+            Self::Bullmq => "BullMQ",
+            _ => "Celery",
+        }
+    }
+
+    /// `prefork -c 2` (or `concurrency 2`), as the table shows it.
     fn label(self) -> String {
-        format!("{} -c {}", self.name(), self.slots())
+        match self {
+            Self::Bullmq => format!("concurrency {}", self.slots()),
+            _ => format!("{} -c {}", self.name(), self.slots()),
+        }
+    }
+}
+
+/// How the Celeriac worker runs a workload's component; each variant is its
+/// own worker and table row against the same Celery (or BullMQ) run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Variant {
+    /// The default: a fresh instance per task, fuel metered.
+    Fresh,
+    /// Instances reused: the component signed allowing it (`REUSE`), the
+    /// worker permitting it (`--reuse MODULE`).
+    Reuse,
+    /// Reused, and run without fuel metering (`--no-fuel MODULE`).
+    ReuseNoFuel,
+}
+
+impl Variant {
+    /// For file names.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Reuse => "reuse",
+            Self::ReuseNoFuel => "reuse-no-fuel",
+        }
+    }
+
+    /// As the table names it.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Reuse => "reuse",
+            Self::ReuseNoFuel => "reuse + fuel off",
+        }
+    }
+
+    /// The `celeriac worker` arguments this variant adds for `module`.
+    fn worker_args(self, module: &str) -> Vec<String> {
+        let flag = |f: &str| [f.to_string(), module.to_string()];
+        match self {
+            Self::Fresh => Vec::new(),
+            Self::Reuse => flag("--reuse").to_vec(),
+            Self::ReuseNoFuel => [flag("--reuse"), flag("--no-fuel")].concat(),
+        }
     }
 }
 
@@ -134,6 +218,8 @@ impl Workload {
             Self::Cpu => "cpu",
             Self::Payload => "payload",
             Self::SameCode => "same-code",
+            Self::PythonShort => "python-short",
+            Self::JsShort => "js-short",
             Self::Io => "io",
             Self::Chord => "chord",
             Self::CeleryProducer => "celery-producer",
@@ -144,7 +230,47 @@ impl Workload {
     fn pools(self) -> &'static [Pool] {
         match self {
             Self::Io => &[Pool::Prefork, Pool::Gevent],
+            Self::JsShort => &[Pool::Bullmq],
             _ => &[Pool::Prefork],
+        }
+    }
+
+    /// The Celeriac variants this workload runs: one table row each per pool.
+    fn variants(self) -> &'static [Variant] {
+        match self {
+            Self::SameCode => &[Variant::Fresh, Variant::ReuseNoFuel],
+            Self::PythonShort | Self::JsShort => &[Variant::Fresh, Variant::Reuse],
+            _ => &[Variant::Fresh],
+        }
+    }
+
+    /// The module a guest-language workload's tasks go to. Reuse variants
+    /// use the same bytes signed as a second module allowing reuse, so the
+    /// fresh rows run exactly the default (a manifest without `reuse`).
+    fn module(self, v: Variant) -> &'static str {
+        let reuse = v != Variant::Fresh;
+        match self {
+            Self::JsShort if reuse => "js_reuse",
+            Self::JsShort => "js",
+            _ if reuse => "py_reuse",
+            _ => "py",
+        }
+    }
+
+    /// Whether a row names its Celeriac variant: every row of a workload
+    /// with several, but for same-code's fresh row, which predates the
+    /// variants and keeps reading as it always has.
+    fn names_variant(self, v: Variant) -> bool {
+        self.variants().len() > 1 && !(self == Self::SameCode && v == Variant::Fresh)
+    }
+
+    /// A warm-up task of a guest-language workload, sent to the variant's
+    /// module.
+    fn warm_call(self, v: Variant) -> TaskRequest {
+        let module = self.module(v);
+        match self {
+            Self::SameCode => call(&format!("{module}.fib"), json!([1])),
+            _ => call(&format!("{module}.word_count"), json!([SENTENCE])),
         }
     }
 
@@ -162,6 +288,7 @@ impl Workload {
             Self::Latency => 1_000,
             Self::Cpu | Self::SameCode => 200,
             Self::Payload => 2_000,
+            Self::PythonShort | Self::JsShort => 20_000,
             Self::Io => 5_000,
             Self::Chord => 1_000,
             Self::CeleryProducer => 10_000,
@@ -176,6 +303,12 @@ impl Workload {
             Self::Cpu => format!("{n} × fib({FIB_N}); Celeriac in Rust"),
             Self::Payload => format!("{n} × sha256 of 64 KiB"),
             Self::SameCode => format!("{n} × fib({FIB_N}); the same Python on both"),
+            Self::PythonShort => {
+                format!("{n} × word_count of one sentence, bulk; the same Python on both")
+            }
+            Self::JsShort => format!(
+                "{n} × word_count of one sentence, bulk; the same JavaScript on both, BullMQ in the Celery columns"
+            ),
             Self::Io => format!("{n} × HTTP GET ({} ms server)", IO_DELAY.as_millis()),
             Self::Chord => format!(
                 "chord of {n} × add(i, i) → sum, submit to callback result (mean of {CHORD_ROUNDS})"
@@ -218,10 +351,16 @@ struct Row {
     ceiling: Option<f64>,
     celery_mem: Mem,
     celeriac_mem: Mem,
-    /// The Celery pool, `prefork -c 2` but for one `io` row.
+    /// The Celery pool, `prefork -c 2` but for one `io` row (BullMQ's
+    /// `concurrency 2` for js-short).
     celery_pool: String,
+    /// What the Celery columns measured: `Celery`, or `BullMQ` (js-short).
+    baseline: &'static str,
     /// The Celeriac worker's `--concurrency`.
     celeriac_concurrency: u32,
+    /// How the Celeriac worker ran the component (`fresh` but for the
+    /// reuse rows).
+    celeriac_variant: Variant,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -253,6 +392,16 @@ fn main() -> anyhow::Result<()> {
     } else {
         ALL.into_iter().filter(|w| args.only.contains(w)).collect()
     };
+    check_variants(&celeriac_bin, &workloads)?;
+    let js = workloads.contains(&Workload::JsShort);
+    let bullmq_dir = root.join("bench/bullmq");
+    if js {
+        ensure!(
+            bullmq_dir.join("node_modules/bullmq").is_dir(),
+            "BullMQ is not installed in {} (bash bench/compare runs npm ci there)",
+            bullmq_dir.display()
+        );
+    }
 
     eprintln!("building the example components…");
     let wasm_dir = build_examples()?;
@@ -260,7 +409,17 @@ fn main() -> anyhow::Result<()> {
     if io {
         build_wasm(&["web"])?;
     }
-    let py_wasm = build_python_example(&root, &celeriac_bin, &python)?;
+    let py_wasm = build_guest_example(&root, &celeriac_bin, &python, "python-text")?;
+    let js_wasm = if js {
+        Some(build_guest_example(
+            &root,
+            &celeriac_bin,
+            &python,
+            "js-text",
+        )?)
+    } else {
+        None
+    };
 
     let run_id = format!("compare-{}", std::process::id());
     let env = Env {
@@ -270,6 +429,9 @@ fn main() -> anyhow::Result<()> {
         celery_dir: root.join("bench/celery"),
         celery_prefix: format!("{run_id}:celery:"),
         celeriac_prefix: format!("{run_id}:celeriac:"),
+        bullmq_dir,
+        // BullMQ adds its own `:` (its keys are `PREFIX:QUEUE:…`).
+        bullmq_prefix: format!("{run_id}:bullmq"),
         scratch: tempfile::tempdir()?,
         server: if io {
             Some(DelayServer::start(IO_DELAY)?)
@@ -281,7 +443,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let outcome = rt.block_on(run_all(&env, &workloads, args.quick, &wasm_dir, &py_wasm));
+    let guests = Guests {
+        py: py_wasm,
+        js: js_wasm,
+    };
+    let outcome = rt.block_on(run_all(&env, &workloads, args.quick, &wasm_dir, &guests));
     delete_prefix(&args.redis, &format!("{run_id}:"));
     let (rows, versions) = outcome?;
 
@@ -300,6 +466,9 @@ struct Env {
     celery_dir: PathBuf,
     celery_prefix: String,
     celeriac_prefix: String,
+    /// bench/bullmq: the BullMQ worker and driver (js-short).
+    bullmq_dir: PathBuf,
+    bullmq_prefix: String,
     /// Keys, trust directory, compiled-code cache, worker logs.
     scratch: tempfile::TempDir,
     /// The `io` workload's HTTP server, when that workload runs.
@@ -312,9 +481,23 @@ impl Env {
     }
 }
 
-/// The Python example (tasks/python-text), built by the real CLI with
-/// componentize-py from the same venv.
-fn build_python_example(root: &Path, celeriac: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+/// The guest-language components built by `celeriac build`.
+struct Guests {
+    /// tasks/python-text.
+    py: PathBuf,
+    /// tasks/js-text, when js-short runs.
+    js: Option<PathBuf>,
+}
+
+/// A guest-language example (`tasks/python-text`, `tasks/js-text`), built
+/// by the real CLI: componentize-py from the same venv, or node and the
+/// example's own node_modules (npm ci by bench/compare).
+fn build_guest_example(
+    root: &Path,
+    celeriac: &Path,
+    python: &Path,
+    example: &str,
+) -> anyhow::Result<PathBuf> {
     let bin = python.parent().context("python has no directory")?;
     let path = format!(
         "{}:{}",
@@ -323,15 +506,59 @@ fn build_python_example(root: &Path, celeriac: &Path, python: &Path) -> anyhow::
     );
     let out = Command::new(celeriac)
         .arg("build")
-        .arg(root.join("tasks/python-text"))
+        .arg(root.join("tasks").join(example))
         .env("PATH", path)
         .stderr(Stdio::inherit())
         .output()?;
     ensure!(
         out.status.success(),
-        "celeriac build tasks/python-text failed"
+        "celeriac build tasks/{example} failed"
     );
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// The reuse variants need `celeriac worker --reuse` and `--no-fuel`: say
+/// so before anything runs, not after the Celery side has.
+fn check_variants(celeriac: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
+    let Some(w) = workloads
+        .iter()
+        .find(|w| w.variants().iter().any(|&v| v != Variant::Fresh))
+    else {
+        return Ok(());
+    };
+    let out = Command::new(celeriac).args(["worker", "--help"]).output()?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        help.contains("--reuse") && help.contains("--no-fuel"),
+        "`{w}` runs Celeriac with instance reuse, but this celeriac has no \
+         `worker --reuse`/`--no-fuel` (instance reuse not built in yet): \
+         leave python-short, js-short and same-code out with --only",
+        w = w.name()
+    );
+    Ok(())
+}
+
+/// Sign a component as `module`, granting `grants`; `reuse`: how many
+/// tasks one instance may serve (the manifest's `"reuse"`, as `celeriac
+/// sign --reuse N`), None for a fresh instance per task.
+fn sign(
+    bytes: &[u8],
+    key: &KeyPair,
+    module: &str,
+    grants: &Grants,
+    reuse: Option<u32>,
+) -> anyhow::Result<SignatureFile> {
+    // TODO(lead): reuse. The one place the reuse manifest is built: pass
+    // `reuse` to the signing API once it has the field. Until then the
+    // `*_reuse` modules are signed without it (check_variants stops first).
+    let _ = reuse;
+    Ok(sign_component_with(
+        bytes,
+        key,
+        module,
+        grants,
+        SystemTime::now(),
+    )?)
 }
 
 async fn run_all(
@@ -339,7 +566,7 @@ async fn run_all(
     workloads: &[Workload],
     quick: bool,
     wasm_dir: &Path,
-    py_wasm: &Path,
+    guests: &Guests,
 ) -> anyhow::Result<(Vec<Row>, Value)> {
     let broker = broker::connect(&env.redis, &env.celeriac_prefix).await?;
     let trust_dir = env.scratch.path().join("trust");
@@ -357,22 +584,30 @@ async fn run_all(
         ..SandboxConfig::default()
     })?;
     let check = |b: &[u8]| checker.check(b);
+    // Module, component, grants, and how many tasks an instance may serve
+    // (the reuse variants' copies; None: a fresh instance per task).
+    let none = Grants::default;
     let mut components = vec![
-        ("math", wasm_dir.join("math.wasm"), Grants::default()),
-        ("text", wasm_dir.join("text.wasm"), Grants::default()),
-        ("py", py_wasm.to_path_buf(), Grants::default()),
+        ("math", wasm_dir.join("math.wasm"), none(), None),
+        ("text", wasm_dir.join("text.wasm"), none(), None),
+        ("py", guests.py.clone(), none(), None),
+        ("py_reuse", guests.py.clone(), none(), Some(REUSE)),
     ];
+    if let Some(js) = &guests.js {
+        components.push(("js", js.clone(), none(), None));
+        components.push(("js_reuse", js.clone(), none(), Some(REUSE)));
+    }
     if env.server.is_some() {
         // The one component that reaches out: to the local server only.
         let grants = Grants {
             http: vec!["http://127.0.0.1:*".parse()?],
             ..Grants::default()
         };
-        components.push(("web", wasm_dir.join("web.wasm"), grants));
+        components.push(("web", wasm_dir.join("web.wasm"), grants, None));
     }
-    for (module, path, grants) in components {
+    for (module, path, grants, reuse) in components {
         let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        let sig = sign_component_with(&bytes, &key, module, &grants, SystemTime::now())?;
+        let sig = sign(&bytes, &key, module, &grants, reuse)?;
         celeriac_broker::registry::upload(
             broker.as_ref(),
             &bytes,
@@ -396,11 +631,30 @@ async fn run_all(
             ("text.sha256", json!(["x"])),
             ("py.fib", json!([1])),
         ];
+        if guests.js.is_some() {
+            warm.push(("js.word_count", json!([SENTENCE])));
+        }
         if io {
             warm.push(("web.get", json!([env.server()?.url()])));
         }
         for (task, args) in warm {
             warm_up(broker.as_ref(), call(task, args)).await?;
+        }
+    }
+    // A variant's flags may change the compiled code (fuel off does): each
+    // distinct set warmed by a worker of its own.
+    let mut warmed: Vec<Vec<String>> = Vec::new();
+    for &w in workloads {
+        for &v in w.variants() {
+            let flags = v.worker_args(w.module(v));
+            if v == Variant::Fresh || warmed.contains(&flags) {
+                continue;
+            }
+            let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let name = format!("compile-{}-{}", w.name(), v.name());
+            let _compiler = celeriac_worker(env, &trust_dir, &name, SLOTS, false, &extra)?;
+            warm_up(broker.as_ref(), w.warm_call(v)).await?;
+            warmed.push(flags);
         }
     }
 
@@ -412,27 +666,35 @@ async fn run_all(
         let mut celery = Vec::new();
         for &pool in w.pools() {
             eprintln!(
-                "{}: {} on Celery {}…",
+                "{}: {} on {} {}…",
                 w.name(),
                 w.describe(n),
+                pool.system(),
                 pool.label()
             );
             let (run, celery_versions) = celery_run(env, w, pool, n)?;
-            for k in ["celery", "python", "gevent", "requests"] {
+            for k in ["celery", "python", "gevent", "requests", "bullmq", "node"] {
                 if !celery_versions[k].is_null() {
                     versions[k] = celery_versions[k].clone();
                 }
             }
             celery.push((pool, run));
         }
-        eprintln!(
-            "{}: on Celeriac --concurrency {}…",
-            w.name(),
-            w.celeriac_slots()
-        );
-        let celeriac = celeriac_run(env, broker.as_ref(), &trust_dir, w, n).await?;
-        for (pool, run) in celery {
-            rows.extend(rows_for(env, w, n, pool, run, &celeriac).await?);
+        let mut celeriac = Vec::new();
+        for &v in w.variants() {
+            eprintln!(
+                "{}: on Celeriac --concurrency {} ({})…",
+                w.name(),
+                w.celeriac_slots(),
+                v.label()
+            );
+            let run = celeriac_run(env, broker.as_ref(), &trust_dir, w, v, n).await?;
+            celeriac.push((v, run));
+        }
+        for (pool, run) in &celery {
+            for (v, c) in &celeriac {
+                rows.extend(rows_for(env, w, n, *pool, run, *v, c).await?);
+            }
         }
     }
     Ok((rows, versions))
@@ -443,15 +705,19 @@ async fn rows_for(
     w: Workload,
     n: usize,
     pool: Pool,
-    celery: Run,
+    celery: &Run,
+    variant: Variant,
     celeriac: &Run,
 ) -> anyhow::Result<Vec<Row>> {
-    // A workload run on several Celery pools says which one each row is.
-    let what = if w.pools().len() > 1 {
-        format!("{}; Celery {}", w.describe(n), pool.label())
-    } else {
-        w.describe(n)
-    };
+    // A workload run on several Celery pools says which one each row is,
+    // and one run as several Celeriac variants which variant.
+    let mut what = w.describe(n);
+    if w.pools().len() > 1 {
+        let _ = write!(what, "; Celery {}", pool.label());
+    }
+    if w.names_variant(variant) {
+        let _ = write!(what, "; Celeriac {}", variant.label());
+    }
     let row = |metric, unit, higher: bool, a: f64, b: f64, ceiling| Row {
         workload: w,
         what: what.clone(),
@@ -465,18 +731,29 @@ async fn rows_for(
         celery_mem: celery.mem,
         celeriac_mem: celeriac.mem,
         celery_pool: pool.label(),
+        baseline: pool.system(),
         celeriac_concurrency: w.celeriac_slots().parse().unwrap_or(0),
+        celeriac_variant: variant,
     };
     let rate = |r: &Run| n as f64 / r.elapsed.as_secs_f64();
     let key = format!("{}ceiling", env.celeriac_prefix);
     if matches!(
         w,
-        Workload::Noop | Workload::Payload | Workload::Latency | Workload::CeleryProducer
+        Workload::Noop
+            | Workload::Payload
+            | Workload::Latency
+            | Workload::CeleryProducer
+            | Workload::PythonShort
+            | Workload::JsShort
     ) {
         eprintln!("{}: Redis ceiling…", w.name());
     }
     Ok(match w {
-        Workload::Noop | Workload::Payload | Workload::CeleryProducer => {
+        Workload::Noop
+        | Workload::Payload
+        | Workload::CeleryProducer
+        | Workload::PythonShort
+        | Workload::JsShort => {
             let size = if w == Workload::Payload {
                 PAYLOAD_BYTES
             } else {
@@ -487,7 +764,7 @@ async fn rows_for(
                 "throughput",
                 "tasks/s",
                 true,
-                rate(&celery),
+                rate(celery),
                 rate(celeriac),
                 Some(ceiling),
             )]
@@ -495,7 +772,7 @@ async fn rows_for(
         Workload::Latency => {
             let ceiling = Stats::of(ceiling_latency(&env.redis, &key, n).await?);
             let (a, b) = (
-                Stats::of(celery.samples),
+                Stats::of(celery.samples.clone()),
                 Stats::of(celeriac.samples.clone()),
             );
             let s = |d: Duration| d.as_secs_f64();
@@ -540,7 +817,7 @@ async fn rows_for(
             "throughput",
             "tasks/s",
             true,
-            rate(&celery),
+            rate(celery),
             rate(celeriac),
             None,
         )],
@@ -552,6 +829,9 @@ async fn rows_for(
 // producer.
 
 fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(Run, Value)> {
+    if pool == Pool::Bullmq {
+        return bullmq_run(env, w, n);
+    }
     // The same messages for either worker, queued before it starts.
     let preloaded = env.scratch.path().join("celery-ids.json");
     if w == Workload::CeleryProducer {
@@ -582,6 +862,8 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
         Workload::Noop | Workload::Latency => vec![w.name().into(), n.to_string()],
         Workload::CeleryProducer => vec!["drain".into(), path_arg(&preloaded)],
         Workload::Cpu | Workload::SameCode => vec!["cpu".into(), n.to_string(), FIB_N.to_string()],
+        Workload::PythonShort => short_args(n),
+        Workload::JsShort => unreachable!("BullMQ runs it, above"),
         Workload::Payload => vec!["payload".into(), n.to_string(), PAYLOAD_BYTES.to_string()],
         Workload::Io => vec!["io".into(), n.to_string(), env.server()?.url()],
         Workload::Chord => vec!["chord".into(), n.to_string(), CHORD_ROUNDS.to_string()],
@@ -613,6 +895,64 @@ fn celery_run(env: &Env, w: Workload, pool: Pool, n: usize) -> anyhow::Result<(R
     ))
 }
 
+/// `short N TEXT WANT`: the short-task workloads' driver arguments.
+fn short_args(n: usize) -> Vec<String> {
+    vec![
+        "short".into(),
+        n.to_string(),
+        SENTENCE.into(),
+        SENTENCE_WORDS.to_string(),
+    ]
+}
+
+/// BullMQ (js-short only): bench/bullmq's worker process, and its
+/// driver.mjs as the producer, as driver.py is for Celery.
+fn bullmq_run(env: &Env, w: Workload, n: usize) -> anyhow::Result<(Run, Value)> {
+    ensure!(
+        w == Workload::JsShort,
+        "{} does not run on BullMQ",
+        w.name()
+    );
+    let log = std::fs::File::create(env.scratch.path().join("bullmq-js-short.log"))?;
+    let worker = Command::new("node")
+        .arg("worker.mjs")
+        .current_dir(&env.bullmq_dir)
+        .envs(bullmq_env(env))
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start the BullMQ worker (node)")?;
+    let worker = Worker(worker);
+    let watch = MemWatch::start(worker.0.id());
+    let node = |args: &[String]| {
+        let mut cmd = Command::new("node");
+        cmd.arg("driver.mjs")
+            .args(args)
+            .current_dir(&env.bullmq_dir)
+            .envs(bullmq_env(env));
+        json_out(cmd, "bench/bullmq/driver.mjs", args)
+    };
+    let versions = node(&["warmup".into()])?;
+    let out = node(&short_args(n))?;
+    let mem = watch.stop();
+    drop(worker);
+    let elapsed = Duration::from_secs_f64(out["elapsed_s"].as_f64().context("no elapsed_s")?);
+    let run = Run {
+        elapsed,
+        samples: Vec::new(),
+        mem,
+    };
+    Ok((run, versions))
+}
+
+fn bullmq_env(env: &Env) -> [(&'static str, String); 3] {
+    [
+        ("BENCH_REDIS", env.redis.clone()),
+        ("BENCH_PREFIX", env.bullmq_prefix.clone()),
+        ("BENCH_QUEUE", "bench".into()),
+    ]
+}
+
 fn celery_env(env: &Env) -> [(&'static str, String); 3] {
     [
         ("BENCH_REDIS", env.redis.clone()),
@@ -622,16 +962,22 @@ fn celery_env(env: &Env) -> [(&'static str, String); 3] {
 }
 
 fn driver(env: &Env, args: &[String]) -> anyhow::Result<Value> {
-    let out = Command::new(&env.python)
-        .arg("driver.py")
+    let mut cmd = Command::new(&env.python);
+    cmd.arg("driver.py")
         .args(args)
         .current_dir(&env.celery_dir)
-        .envs(celery_env(env))
+        .envs(celery_env(env));
+    json_out(cmd, "bench/celery/driver.py", args)
+}
+
+/// Run a driver (its errors to our stderr) and read the JSON it prints.
+fn json_out(mut cmd: Command, what: &str, args: &[String]) -> anyhow::Result<Value> {
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
-        .context("run bench/celery/driver.py")?;
-    ensure!(out.status.success(), "driver.py {args:?} failed");
-    serde_json::from_slice(&out.stdout).context("driver.py printed no JSON")
+        .with_context(|| format!("run {what}"))?;
+    ensure!(out.status.success(), "{what} {args:?} failed");
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON"))
 }
 
 // ---------------------------------------------------------------------
@@ -642,24 +988,33 @@ async fn celeriac_run(
     broker: &dyn Broker,
     trust_dir: &Path,
     w: Workload,
+    v: Variant,
     n: usize,
 ) -> anyhow::Result<Run> {
     if w == Workload::CeleryProducer {
         return celeriac_for_celery(env, trust_dir, n);
     }
+    let module = w.module(v);
+    let flags = v.worker_args(module);
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let name = if w.variants().len() > 1 {
+        format!("{}-{}", w.name(), v.name())
+    } else {
+        w.name().to_string()
+    };
     let worker = celeriac_worker(
         env,
         trust_dir,
-        w.name(),
+        &name,
         w.celeriac_slots(),
         w == Workload::Io,
-        &[],
+        &extra,
     )?;
     // Warm up with the workload's own component (loaded from the compile
     // cache), like a worker that has served it before.
     let warm = match w {
         Workload::CeleryProducer => unreachable!("run above"),
-        Workload::SameCode => call("py.fib", json!([1])),
+        Workload::SameCode | Workload::PythonShort | Workload::JsShort => w.warm_call(v),
         Workload::Cpu => call("math.fib", json!([1])),
         Workload::Payload => call("text.sha256", json!(["warm"])),
         Workload::Noop | Workload::Latency | Workload::Chord => call("math.add", json!([1, 2])),
@@ -697,12 +1052,17 @@ async fn celeriac_run(
         }
         Workload::Cpu | Workload::SameCode => {
             let task = if w == Workload::Cpu {
-                "math.fib"
+                "math.fib".to_string()
             } else {
-                "py.fib"
+                format!("{module}.fib")
             };
-            let reqs = (0..n).map(|_| call(task, json!([FIB_N]))).collect();
+            let reqs = (0..n).map(|_| call(&task, json!([FIB_N]))).collect();
             bulk(broker, reqs, 1000, |_, v| v == &json!(FIB_27)).await?
+        }
+        Workload::PythonShort | Workload::JsShort => {
+            let task = format!("{module}.word_count");
+            let reqs = (0..n).map(|_| call(&task, json!([SENTENCE]))).collect();
+            bulk(broker, reqs, 1000, |_, v| v == &json!(SENTENCE_WORDS)).await?
         }
         Workload::Payload => {
             let texts = payloads(n, PAYLOAD_BYTES);
@@ -1207,11 +1567,19 @@ fn report(rows: &[Row], versions: &Value, redis: &str) -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    // Celery named only where it ran (js-short alone is BullMQ's).
+    let celery = if rows.iter().any(|r| r.baseline == "Celery") {
+        format!(
+            "Celery {} (Python {}, prefork -c 2) and ",
+            versions["celery"].as_str().unwrap_or("?"),
+            versions["python"].as_str().unwrap_or("?"),
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "\nCelery {} (Python {}, prefork -c 2) and Celeriac {} (--concurrency 2) on Redis {} at {}; {}, {} cores.",
-        versions["celery"].as_str().unwrap_or("?"),
-        versions["python"].as_str().unwrap_or("?"),
+        "\n{celery}Celeriac {} (--concurrency 2) on Redis {} at {}; {}, {} cores.",
         env!("CARGO_PKG_VERSION"),
         versions["redis"].as_str().unwrap_or("?"),
         broker::redact(redis),
@@ -1227,6 +1595,26 @@ fn report(rows: &[Row], versions: &Value, redis: &str) -> String {
             IO_DELAY.as_millis(),
             versions["gevent"].as_str().unwrap_or("?"),
             versions["requests"].as_str().unwrap_or("?"),
+        );
+    }
+    if rows.iter().any(|r| r.workload == Workload::JsShort) {
+        let _ = writeln!(
+            s,
+            "\n`js-short`: the Celery columns are BullMQ {} (Node {}), one Worker process with \
+             `concurrency: {SLOTS}`, results kept in Redis, jobs submitted with `addBulk` \
+             (1,000 a call); the same word count (tasks/js-text/words.js) in Celeriac's js-text \
+             component.",
+            versions["bullmq"].as_str().unwrap_or("?"),
+            versions["node"].as_str().unwrap_or("?"),
+        );
+    }
+    if rows.iter().any(|r| r.celeriac_variant != Variant::Fresh) {
+        let _ = writeln!(
+            s,
+            "\nCeleriac `reuse`: the component signed allowing an instance {REUSE} tasks \
+             (`celeriac sign --reuse {REUSE}`), the worker run with `--reuse MODULE`; \
+             `fuel off`: `--no-fuel MODULE` too. Every other row: a fresh instance per task, \
+             fuel metered."
         );
     }
     s
