@@ -392,7 +392,6 @@ fn main() -> anyhow::Result<()> {
     } else {
         ALL.into_iter().filter(|w| args.only.contains(w)).collect()
     };
-    check_variants(&celeriac_bin, &workloads)?;
     let js = workloads.contains(&Workload::JsShort);
     let bullmq_dir = root.join("bench/bullmq");
     if js {
@@ -517,27 +516,6 @@ fn build_guest_example(
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
-/// The reuse variants need `celeriac worker --reuse` and `--no-fuel`: say
-/// so before anything runs, not after the Celery side has.
-fn check_variants(celeriac: &Path, workloads: &[Workload]) -> anyhow::Result<()> {
-    let Some(w) = workloads
-        .iter()
-        .find(|w| w.variants().iter().any(|&v| v != Variant::Fresh))
-    else {
-        return Ok(());
-    };
-    let out = Command::new(celeriac).args(["worker", "--help"]).output()?;
-    let help = String::from_utf8_lossy(&out.stdout);
-    ensure!(
-        help.contains("--reuse") && help.contains("--no-fuel"),
-        "`{w}` runs Celeriac with instance reuse, but this celeriac has no \
-         `worker --reuse`/`--no-fuel` (instance reuse not built in yet): \
-         leave python-short, js-short and same-code out with --only",
-        w = w.name()
-    );
-    Ok(())
-}
-
 /// Sign a component as `module`, granting `grants`; `reuse`: how many
 /// tasks one instance may serve (the manifest's `"reuse"`, as `celeriac
 /// sign --reuse N`), None for a fresh instance per task.
@@ -548,15 +526,15 @@ fn sign(
     grants: &Grants,
     reuse: Option<u32>,
 ) -> anyhow::Result<SignatureFile> {
-    // TODO(lead): reuse. The one place the reuse manifest is built: pass
-    // `reuse` to the signing API once it has the field. Until then the
-    // `*_reuse` modules are signed without it (check_variants stops first).
-    let _ = reuse;
+    let grants = Grants {
+        reuse,
+        ..grants.clone()
+    };
     Ok(sign_component_with(
         bytes,
         key,
         module,
-        grants,
+        &grants,
         SystemTime::now(),
     )?)
 }

@@ -1,10 +1,8 @@
 //! The `text` module in every guest language: component size, first load
 //! (compile cold, then from the compile cache), the warm per-task cost of
-//! `text.word_count` in a fresh instance (instantiated on the task's path,
-//! or ahead of it as a spare) and in a reused one (signed `reuse`, host
-//! policy allowing it), and `fib(27)` with and without fuel metering. On a
-//! two-thread runtime, as a worker runs: a spare is made on the other
-//! thread while a task runs.
+//! `text.word_count` in a fresh instance and in a reused one (signed
+//! `reuse`, host policy allowing it), and `fib(27)` with and without fuel
+//! metering.
 //!
 //!     bash tests/run.sh            # once: installs toolchains, builds every language
 //!     cargo run --release -p celeriac-bench --bin languages
@@ -61,22 +59,21 @@ fn main() -> anyhow::Result<()> {
             fib: Some((js, "text")),
         },
     ];
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut fib_rows = Vec::new();
     println!(
-        "| language | size | compile (cold) | load from cache | word_count, fresh instance p50 | p99 | fresh, made ahead (spare) p50 | p99 | reused instance p50 | p99 |"
+        "| language | size | compile (cold) | load from cache | word_count, fresh instance p50 | p99 | reused instance p50 | p99 |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for language in &languages {
         let name = language.name;
         let bytes = match std::fs::read(&language.text) {
             Ok(b) => b,
             Err(_) => {
                 println!(
-                    "| {name} | not built ({}) | | | | | | | | |",
+                    "| {name} | not built ({}) | | | | | | |",
                     language.text.display()
                 );
                 continue;
@@ -100,19 +97,16 @@ fn main() -> anyhow::Result<()> {
             cached.push(t.elapsed());
             anyhow::ensure!(origin == Origin::DiskCache);
         }
-        let fresh = rt.block_on(word_counts(&bytes, name, Mode::Fresh))?;
-        let spare = rt.block_on(word_counts(&bytes, name, Mode::Spare))?;
-        let reused = rt.block_on(word_counts(&bytes, name, Mode::Reused))?;
+        let fresh = rt.block_on(word_counts(&bytes, name, false))?;
+        let reused = rt.block_on(word_counts(&bytes, name, true))?;
         let (cold, cached) = (Stats::of(cold), Stats::of(cached));
         println!(
-            "| {name} | {} KiB | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} KiB | {} | {} | {} | {} | {} | {} |",
             bytes.len() / 1024,
             fmt(cold.p50),
             fmt(cached.p50),
             fmt(fresh.p50),
             fmt(fresh.p99),
-            fmt(spare.p50),
-            fmt(spare.p99),
             fmt(reused.p50),
             fmt(reused.p99),
         );
@@ -140,22 +134,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// A fresh instance, instantiated when the task arrives.
-    Fresh,
-    /// A fresh instance, instantiated ahead (the default for components
-    /// slow to instantiate).
-    Spare,
-    /// One instance for every task.
-    Reused,
-}
-
 /// `text.word_count` of one sentence, `WARM_ITERATIONS` times after 100
-/// to warm up, one at a time.
-async fn word_counts(bytes: &[u8], language: &str, mode: Mode) -> anyhow::Result<Stats> {
+/// to warm up, in a fresh instance each time or in one kept instance.
+async fn word_counts(bytes: &[u8], language: &str, reuse: bool) -> anyhow::Result<Stats> {
     let dir = tempfile::tempdir()?;
-    let reuse = mode == Mode::Reused;
     let sandbox = Sandbox::new(SandboxConfig {
         concurrency: 1,
         cache_dir: Some(dir.path().to_path_buf()),
@@ -164,7 +146,6 @@ async fn word_counts(bytes: &[u8], language: &str, mode: Mode) -> anyhow::Result
             max_tasks: u32::MAX,
             ..ReusePolicy::default()
         },
-        spares: mode != Mode::Fresh,
         ..SandboxConfig::default()
     })?;
     let (component, _) = sandbox.load(bytes)?;

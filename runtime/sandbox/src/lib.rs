@@ -22,7 +22,6 @@ mod warm;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,9 +63,6 @@ pub struct SandboxConfig {
     /// Which modules may keep an instance for several tasks, when their
     /// signer allows it too.
     pub reuse: ReusePolicy,
-    /// Instantiate the next fresh instance of a slow-starting component
-    /// (an interpreter) in the background, so a task does not wait for it.
-    pub spares: bool,
     /// Where compiled components are cached; `None` disables the disk cache.
     pub cache_dir: Option<PathBuf>,
     /// Bytes of compiled components the disk cache keeps at most; the
@@ -96,7 +92,6 @@ impl Default for SandboxConfig {
             concurrency: 4,
             unmetered: Modules::None,
             reuse: ReusePolicy::default(),
-            spares: true,
             cache_dir: default_cache_root(),
             cache_max_bytes: Self::DEFAULT_CACHE_MAX_BYTES,
             loaded_capacity: 64,
@@ -143,16 +138,7 @@ pub struct LoadedComponent {
     pub metered: bool,
     component: Component,
     pre: TaskPre<HostState>,
-    /// Instantiating it took longer than [`SLOW_START`] (an interpreter
-    /// filling its tables): worth doing ahead of the next task.
-    slow_start: AtomicBool,
 }
-
-/// Instantiation slower than this is done ahead of need, off the task's
-/// critical path (a spare). Rust and C components instantiate in about
-/// 5 µs, where a spare's bookkeeping would cost more than it saves;
-/// CPython about 1 ms.
-const SLOW_START: Duration = Duration::from_micros(100);
 
 impl LoadedComponent {
     /// Names of everything the component imports (interfaces and functions).
@@ -213,8 +199,8 @@ pub struct Sandbox {
     unmetered: Option<Flavor>,
     config: SandboxConfig,
     loaded: Mutex<LruCache<(Digest, bool), Arc<LoadedComponent>>>,
-    /// Spares and instances kept for their module's next task.
-    idle: Arc<Idle>,
+    /// Instances kept for their module's next task.
+    idle: Idle,
     http: Arc<HttpShared>,
     task_config: Arc<ConfigValues>,
     kv: Option<Arc<dyn KeyValue>>,
@@ -224,10 +210,13 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let concurrency = config.concurrency.max(1);
-        // An idle instance (spare or kept) holds a pool slot: room for one
-        // per running task (up to MAX_IDLE), so idle ones never starve a
-        // fresh instantiation.
-        let idle_cap = concurrency.min(MAX_IDLE);
+        // A kept instance holds a pool slot: room for one per running task
+        // (up to MAX_IDLE), so idle ones never starve a fresh one.
+        let idle_cap = if config.reuse.modules.is_none() {
+            0
+        } else {
+            concurrency.min(MAX_IDLE)
+        };
         let slots = concurrency + idle_cap;
         let metered = (config.unmetered != Modules::All)
             .then(|| Flavor::new(&config, slots, true))
@@ -247,7 +236,7 @@ impl Sandbox {
             metered,
             unmetered,
             loaded: Mutex::new(LruCache::new(capacity)),
-            idle: Arc::new(Idle::new(idle_cap as usize)),
+            idle: Idle::new(idle_cap as usize),
             http: Arc::new(HttpShared::new(config.http.clone())),
             task_config: Arc::new(config.task_config.clone()),
             kv: None,
@@ -320,7 +309,6 @@ impl Sandbox {
             metered,
             component,
             pre,
-            slow_start: AtomicBool::new(false),
         });
         let evicted = self.lock_loaded().push((digest, metered), loaded.clone());
         if let Some(((gone, _), _)) = evicted.filter(|(key, _)| *key != (digest, metered)) {
@@ -445,12 +433,7 @@ impl Sandbox {
             Action::Call => self.config.reuse.allowance(&call.module, &call.grants),
             Action::ListTasks => None,
         };
-        let idle = match action {
-            Action::Call => self
-                .idle
-                .take(&component.digest, &call.module, allowance.is_some()),
-            Action::ListTasks => None,
-        };
+        let idle = allowance.and_then(|_| self.idle.take(&component.digest, &call.module));
         let (mut store, instance, uses) = match idle {
             Some(Warm {
                 instance: (mut store, task),
@@ -472,10 +455,6 @@ impl Sandbox {
                 0,
             ),
         };
-        if uses == 0 && matches!(action, Action::Call) {
-            // This task takes a fresh instance: get the next one ready.
-            self.prepare_spare(component, call, limits);
-        }
         if component.metered {
             // Only fails when fuel metering is off, which was just checked.
             let _ = store.set_fuel(limits.fuel);
@@ -489,14 +468,7 @@ impl Sandbox {
             let run = async move {
                 let task = match instance {
                     Some(task) => task,
-                    None => {
-                        let t = Instant::now();
-                        let task = component.pre.instantiate_async(&mut *store_ref).await?;
-                        if t.elapsed() > SLOW_START {
-                            component.slow_start.store(true, Ordering::Relaxed);
-                        }
-                        task
-                    }
+                    None => component.pre.instantiate_async(&mut *store_ref).await?,
                 };
                 let output = match action {
                     Action::ListTasks => Ok(Output::Tasks(task.call_tasks(&mut *store_ref).await?)),
@@ -563,8 +535,12 @@ impl Sandbox {
             _ => None,
         };
         if let Some(task) = keep {
-            self.idle
-                .put(Warm::new((store, task), uses, component.digest, &call.module));
+            self.idle.put(Warm::new(
+                (store, task),
+                uses,
+                component.digest,
+                &call.module,
+            ));
         }
         (result, stats)
     }
@@ -577,64 +553,11 @@ impl Sandbox {
             kv: self.kv.clone(),
         }
     }
-
-    /// Instantiate a spare of `component` as `call`'s module in the
-    /// background, for the next task that needs a fresh instance: only for
-    /// components slow to instantiate, one at a time per component and
-    /// module, and only inside a tokio runtime.
-    fn prepare_spare(&self, component: &LoadedComponent, call: &TaskCall, limits: &Limits) {
-        if !self.config.spares || !component.slow_start.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (digest, module) = (component.digest, call.module.clone());
-        if !self.idle.start_spare(&digest, &module) {
-            return;
-        }
-        // Its own context until a task takes it (`HostState::begin`); the
-        // hard deadline bounds a runaway instantiation.
-        let now = Instant::now();
-        let context = TaskContext {
-            id: "spare".into(),
-            module: module.clone(),
-            name: String::new(),
-            retries: 0,
-            max_retries: 0,
-            soft_deadline: None,
-            hard_deadline: now + SPARE_DEADLINE,
-        };
-        let mut store = new_store(
-            component,
-            self.capabilities(call),
-            context,
-            limits,
-            &self.config,
-        );
-        if component.metered {
-            let _ = store.set_fuel(limits.fuel);
-        }
-        store.set_epoch_deadline(1);
-        let pre = component.pre.clone();
-        let idle = self.idle.clone();
-        runtime.spawn(async move {
-            let made = pre.instantiate_async(&mut store).await;
-            idle.end_spare(&digest, &module);
-            match made {
-                Ok(task) => idle.put(Warm::new((store, task), 0, digest, &module)),
-                Err(e) => tracing::debug!(%digest, error = %error_line(&e), "could not make a spare instance"),
-            }
-        });
-    }
 }
 
-/// Most idle instances (spares and kept ones) a sandbox holds: each holds
-/// a pool slot, which reserves address space.
+/// Most idle kept instances a sandbox holds: each holds a pool slot,
+/// which reserves address space.
 const MAX_IDLE: u32 = 64;
-
-/// Longest a spare's instantiation may take.
-const SPARE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A new store for one task of `component`, under `limits`: fuel metering
 /// (with host work charged) when the component is metered, and the epoch

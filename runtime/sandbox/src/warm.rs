@@ -1,10 +1,9 @@
-//! Idle instances, each keyed by the component digest *and* the module it
-//! was signed as, so an instance never serves another component or another
-//! module's tasks: spares (instantiated ahead of need, never used: as fresh
-//! as one made on arrival) and instances kept for their module's next task
-//! (opt-in reuse). Bounded: the least recently returned go first.
+//! Instances kept between tasks (opt-in reuse), each keyed by the
+//! component digest *and* the module it was signed as, so an instance never
+//! serves another component or another module's tasks. Bounded: the least
+//! recently returned go first.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use wasmtime::Store;
@@ -17,8 +16,8 @@ use crate::host::HostState;
 /// An instance's store and its exports.
 pub(crate) type Instance = (Store<HostState>, Task);
 
-/// An idle `T` (an [`Instance`]) that served `uses` tasks cleanly (0: a
-/// spare) and may serve another.
+/// An idle `T` (an [`Instance`]) that served `uses` tasks cleanly and may
+/// serve another.
 pub(crate) struct Warm<T = Instance> {
     pub instance: T,
     pub uses: u32,
@@ -37,12 +36,10 @@ impl<T> Warm<T> {
     }
 }
 
-/// Idle instances, at most `cap` (each holds a pool slot and its memory),
-/// and the keys whose spare is being made.
+/// Idle instances, at most `cap` (each holds a pool slot and its memory).
 pub(crate) struct Idle<T = Instance> {
     cap: usize,
     list: Mutex<VecDeque<Warm<T>>>,
-    preparing: Mutex<HashSet<(Digest, String)>>,
 }
 
 impl<T> Idle<T> {
@@ -50,64 +47,33 @@ impl<T> Idle<T> {
         Self {
             cap,
             list: Mutex::new(VecDeque::new()),
-            preparing: Mutex::new(HashSet::new()),
         }
     }
 
-    /// An idle instance of `digest` signed as `module`, taken out (one task
-    /// at a time per instance): with `reuse`, the most recently returned
-    /// used one if any, else a spare; without, only a spare.
-    pub fn take(&self, digest: &Digest, module: &str, reuse: bool) -> Option<Warm<T>> {
+    /// The most recently returned idle instance of `digest` signed as
+    /// `module`, taken out (one task at a time per instance).
+    pub fn take(&self, digest: &Digest, module: &str) -> Option<Warm<T>> {
         let mut list = self.lock();
-        let of_key = |w: &Warm<T>| w.digest == *digest && w.module == module;
-        let used = || list.iter().rposition(|w| of_key(w) && w.uses > 0);
-        let at = match reuse.then(used).flatten() {
-            Some(at) => at,
-            None => list.iter().rposition(|w| of_key(w) && w.uses == 0)?,
-        };
+        let at = list
+            .iter()
+            .rposition(|w| w.digest == *digest && w.module == module)?;
         list.remove(at)
     }
 
-    /// Whether a spare of `digest` as `module` should be made now: none is
-    /// idle or being made, and there is room. Marks it as being made.
-    pub fn start_spare(&self, digest: &Digest, module: &str) -> bool {
-        if self.cap == 0 {
-            return false;
-        }
-        let (has_spare, full) = {
-            let list = self.lock();
-            let has = list
-                .iter()
-                .any(|w| w.digest == *digest && w.module == module && w.uses == 0);
-            (has, list.len() >= self.cap)
-        };
-        !has_spare && !full && self.lock_preparing().insert((*digest, module.to_string()))
-    }
-
-    /// The spare of `digest` as `module` is made (or failed).
-    pub fn end_spare(&self, digest: &Digest, module: &str) {
-        self.lock_preparing().remove(&(*digest, module.to_string()));
-    }
-
-    /// Keep `warm` for its module's next task. Past the cap, a kept
-    /// instance displaces the oldest spare, else the least recently
-    /// returned kept one; a spare is only kept where there is room (it is
-    /// made ahead of need; a kept instance holds a module's warm state).
-    /// What goes is dropped outside the lock: tearing down an
-    /// interpreter's instance takes a fraction of a millisecond.
+    /// Keep `warm` for its module's next task; past the cap the least
+    /// recently returned goes (dropped outside the lock: tearing down an
+    /// interpreter's instance takes a fraction of a millisecond).
     pub fn put(&self, warm: Warm<T>) {
+        if self.cap == 0 {
+            return;
+        }
         let evicted = {
             let mut list = self.lock();
-            if list.len() < self.cap {
-                list.push_back(warm);
-                None
-            } else if warm.uses == 0 || self.cap == 0 {
-                Some(warm)
+            list.push_back(warm);
+            if list.len() > self.cap {
+                list.pop_front()
             } else {
-                let at = list.iter().position(|w| w.uses == 0).unwrap_or(0);
-                let gone = list.remove(at);
-                list.push_back(warm);
-                gone
+                None
             }
         };
         drop(evicted);
@@ -134,10 +100,6 @@ impl<T> Idle<T> {
         // A plain list: nothing a panic could leave half-updated.
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn lock_preparing(&self) -> std::sync::MutexGuard<'_, HashSet<(Digest, String)>> {
-        self.preparing.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 #[cfg(test)]
@@ -163,41 +125,27 @@ mod tests {
         idle.put(warm(1, 1, "a", 1));
         idle.put(warm(2, 1, "b", 1));
         idle.put(warm(3, 2, "a", 1));
-        assert!(idle.take(&digest(3), "a", true).is_none());
-        assert!(idle.take(&digest(1), "c", true).is_none());
-        assert_eq!(idle.take(&digest(1), "b", true).map(|w| w.instance), Some(2));
-        assert_eq!(idle.take(&digest(2), "a", true).map(|w| w.instance), Some(3));
-        assert_eq!(idle.take(&digest(1), "a", true).map(|w| w.instance), Some(1));
+        assert!(idle.take(&digest(3), "a").is_none());
+        assert!(idle.take(&digest(1), "c").is_none());
+        assert_eq!(idle.take(&digest(1), "b").map(|w| w.instance), Some(2));
+        assert_eq!(idle.take(&digest(2), "a").map(|w| w.instance), Some(3));
+        assert_eq!(idle.take(&digest(1), "a").map(|w| w.instance), Some(1));
         assert_eq!(idle.len(), 0);
     }
 
     #[test]
-    fn without_reuse_only_spares_are_taken_and_with_it_used_ones_first() {
-        let idle = Idle::new(8);
-        idle.put(warm(1, 1, "a", 0));
-        idle.put(warm(2, 1, "a", 3));
-        // A task not allowed reuse never gets an instance that ran a task.
-        assert_eq!(idle.take(&digest(1), "a", false).map(|w| w.instance), Some(1));
-        assert!(idle.take(&digest(1), "a", false).is_none());
-        idle.put(warm(3, 1, "a", 0));
-        assert_eq!(idle.take(&digest(1), "a", true).map(|w| w.instance), Some(2));
-        assert_eq!(idle.take(&digest(1), "a", true).map(|w| w.instance), Some(3));
-    }
-
-    #[test]
-    fn past_the_cap_kept_ones_displace_spares_then_the_oldest() {
+    fn the_most_recently_returned_is_taken_and_the_oldest_goes_past_the_cap() {
         let idle = Idle::new(3);
         idle.put(warm(1, 1, "a", 2));
-        idle.put(warm(2, 2, "a", 0));
-        idle.put(warm(3, 3, "a", 1));
-        // Full: a spare is not kept...
-        idle.put(warm(4, 4, "a", 0));
-        assert_eq!(ids(&idle), [1, 2, 3]);
-        // ...a kept one displaces the spare, then the least recently returned.
-        idle.put(warm(5, 5, "a", 1));
-        assert_eq!(ids(&idle), [1, 3, 5]);
-        idle.put(warm(6, 6, "a", 1));
-        assert_eq!(ids(&idle), [3, 5, 6]);
+        idle.put(warm(2, 1, "a", 5));
+        assert_eq!(
+            idle.take(&digest(1), "a").map(|w| (w.instance, w.uses)),
+            Some((2, 5))
+        );
+        idle.put(warm(2, 1, "a", 6));
+        idle.put(warm(3, 2, "a", 1));
+        idle.put(warm(4, 3, "a", 1));
+        assert_eq!(ids(&idle), [2, 3, 4]);
         // Nothing is kept without room for it.
         let none = Idle::new(0);
         none.put(warm(1, 1, "a", 1));
@@ -205,28 +153,11 @@ mod tests {
     }
 
     #[test]
-    fn one_spare_at_a_time_per_key_and_only_with_room() {
-        let idle: Idle<u32> = Idle::new(2);
-        assert!(idle.start_spare(&digest(1), "a"));
-        // Being made: not twice.
-        assert!(!idle.start_spare(&digest(1), "a"));
-        assert!(idle.start_spare(&digest(1), "b"));
-        idle.end_spare(&digest(1), "a");
-        idle.put(warm(1, 1, "a", 0));
-        // Idle already: not another.
-        assert!(!idle.start_spare(&digest(1), "a"));
-        idle.put(warm(2, 2, "a", 1));
-        // Full.
-        assert!(!idle.start_spare(&digest(3), "a"));
-        assert!(!Idle::<u32>::new(0).start_spare(&digest(1), "a"));
-    }
-
-    #[test]
     fn forgetting_a_digest_drops_its_instances() {
         let idle = Idle::new(4);
         idle.put(warm(1, 1, "a", 1));
         idle.put(warm(2, 2, "a", 1));
-        idle.put(warm(3, 1, "b", 0));
+        idle.put(warm(3, 1, "b", 1));
         idle.forget(&digest(1));
         assert_eq!(ids(&idle), [2]);
     }
