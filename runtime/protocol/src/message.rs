@@ -304,6 +304,15 @@ impl TaskMessage {
     }
 }
 
+/// Module names prefix task names (`math` in `math.add`) and Redis keys:
+/// a letter, then letters, digits, `_` and `-`, at most 64 in all.
+pub fn valid_module_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
 /// Queue names become Redis keys and hash tags: letters, digits, `_`, `-`
 /// and `.`, 1 to 64 of them.
 pub fn valid_queue_name(name: &str) -> bool {
@@ -359,6 +368,16 @@ pub fn salvage_id(payload: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_names_are_a_safe_alphabet() {
+        for ok in ["math", "py_reuse", "js-text", "a9", &"m".repeat(64)] {
+            assert!(valid_module_name(ok), "{ok}");
+        }
+        for bad in ["", "9lives", "_x", "a b", "a.b", "ключ", &"m".repeat(65)] {
+            assert!(!valid_module_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn rejects_what_it_cannot_run() {

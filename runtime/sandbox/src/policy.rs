@@ -52,12 +52,7 @@ impl FromStr for Modules {
             if name == "*" {
                 return Ok(Self::All);
             }
-            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                && name.len() <= 64;
-            if !ok {
+            if !celeriac_protocol::message::valid_module_name(name) {
                 return Err(format!(
                     "`{name}` is not a module name (letters, digits, `_` and `-`; or `*` for every module)"
                 ));

@@ -82,11 +82,7 @@ pub fn signature_path(component: &Path) -> PathBuf {
 /// Module names become the prefix of task names (`math.add`) and Redis keys,
 /// so keep them to a safe alphabet.
 pub fn validate_module_name(name: &str) -> Result<(), SignatureError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && name.len() <= 64;
-    if ok {
+    if celeriac_protocol::message::valid_module_name(name) {
         Ok(())
     } else {
         Err(SignatureError::BadModuleName(name.to_string()))
