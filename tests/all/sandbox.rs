@@ -533,7 +533,7 @@ async fn guests_get_no_capabilities() {
         out,
         json!({"read_etc_passwd": false, "list_root": false, "env_vars": 0, "args": 0, "tcp_connect": false})
     );
-    let imports = m.imports(&f.sandbox);
+    let imports = m.imports();
     assert!(
         imports
             .iter()

@@ -142,7 +142,7 @@ pub struct LoadedComponent {
 
 impl LoadedComponent {
     /// Names of everything the component imports (interfaces and functions).
-    pub fn imports(&self, _sandbox: &Sandbox) -> Vec<String> {
+    pub fn imports(&self) -> Vec<String> {
         let ty = self.component.component_type();
         ty.imports(self.component.engine())
             .map(|(name, _)| name.to_string())
@@ -150,7 +150,7 @@ impl LoadedComponent {
     }
 
     /// Names of everything the component exports.
-    pub fn exports(&self, _sandbox: &Sandbox) -> Vec<String> {
+    pub fn exports(&self) -> Vec<String> {
         let ty = self.component.component_type();
         ty.exports(self.component.engine())
             .map(|(name, _)| name.to_string())
@@ -330,11 +330,6 @@ impl Sandbox {
                 if metered { "metered" } else { "unmetered" }
             ))
         })
-    }
-
-    /// Idle instances kept for their module's next task.
-    pub fn idle_instances(&self) -> usize {
-        self.idle.len()
     }
 
     /// Whether `bytes` are a component this host can run (compiled, linked

@@ -92,6 +92,7 @@ impl<T> Idle<T> {
         drop(gone);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
     }

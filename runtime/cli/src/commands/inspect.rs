@@ -42,11 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok((c, _)) => {
             let tasks = runtime()?.block_on(sandbox.tasks(&c));
             match tasks {
-                Ok(t) => (t, c.imports(&sandbox), c.exports(&sandbox), None),
+                Ok(t) => (t, c.imports(), c.exports(), None),
                 Err(e) => (
                     vec![],
-                    c.imports(&sandbox),
-                    c.exports(&sandbox),
+                    c.imports(),
+                    c.exports(),
                     Some(one_line(&e.to_string())),
                 ),
             }
